@@ -1,0 +1,101 @@
+"""Frozen configuration dataclasses whose defaults are the paper's values, plus smoke presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+# Image geometry of the real dataset: 64 x 64 cells in (eta, phi), one channel.
+IMAGE_SHAPE = (64, 64, 1)
+
+OPTIMIZERS = ("Adam", "Nadam", "Adadelta", "SGD", "RMSprop")
+LR_SCALING = ("none", "linear", "sqrt")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The CNN of Bhimji et al.: conv/pool blocks, dense layers, dropout, optimizer."""
+
+    conv_sizes: tuple[int, ...] = (8, 16, 32)
+    dense_sizes: tuple[int, ...] = (64,)
+    dropout: float = 0.5
+    optimizer: str = "Adam"
+    lr: float = 1e-3
+
+    def __post_init__(self):
+        # Tuples, not lists: the config is hashable and cannot be mutated behind our back.
+        object.__setattr__(self, "conv_sizes", tuple(int(c) for c in self.conv_sizes))
+        object.__setattr__(self, "dense_sizes", tuple(int(d) for d in self.dense_sizes))
+        if not self.conv_sizes or any(c < 1 for c in self.conv_sizes):
+            raise ValueError(f"conv_sizes must be positive integers, got {self.conv_sizes}")
+        if any(d < 1 for d in self.dense_sizes):
+            raise ValueError(f"dense_sizes must be positive integers, got {self.dense_sizes}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}; valid names: {', '.join(OPTIMIZERS)}"
+            )
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: sizes, epochs, batch, Horovod learning-rate rule, threads, outputs."""
+
+    n_train: int | None = 64_000  # the paper's HPO used 64k train / 32k validation events
+    n_val: int | None = 32_000
+    batch_size: int = 128
+    epochs: int = 16
+    lr_scaling: str = "linear"  # how the base lr grows with the number of Horovod ranks
+    warmup_epochs: float = 2.0  # ramp from lr to the scaled lr (Goyal et al. 2017)
+    streaming: bool = True  # read HDF5 batch by batch instead of loading it into memory
+    shuffle_buffer: int = 4096
+    seed: int = 0
+    intra_threads: int = 1
+    inter_threads: int = 1
+    verbose: int = 2
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self):
+        if self.lr_scaling not in LR_SCALING:
+            raise ValueError(
+                f"unknown lr_scaling {self.lr_scaling!r}; valid: {', '.join(LR_SCALING)}"
+            )
+        for name in ("batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with some fields changed; `model_*` keys change the model config."""
+        model_changes = {k[6:]: changes.pop(k) for k in list(changes) if k.startswith("model_")}
+        model = dataclasses.replace(self.model, **model_changes)
+        return dataclasses.replace(self, model=model, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        model = ModelConfig(**d.pop("model", {}))
+        return cls(model=model, **d)
+
+
+def smoke() -> TrainConfig:
+    """A preset that trains in seconds on 2 cores: for CI and smoke runs of the notebooks."""
+    return TrainConfig(n_train=2048, n_val=512, batch_size=64, epochs=2, warmup_epochs=0.0)
+
+
+def data_dir() -> "Path":
+    """Where the dataset lives: $LHCCNN_DATA_DIR, else data/synthetic in the source checkout."""
+    import os
+    from pathlib import Path
+
+    env = os.environ.get("LHCCNN_DATA_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1] / "data" / "synthetic"
