@@ -1,0 +1,79 @@
+# One-command setup, the main job, tests and benchmarks. `make help` lists the targets.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+SLURM := recipes/minislurm/minislurm.sh
+RESULTS := results
+export SLURM_CONF := $(CURDIR)/.minislurm/slurm.conf
+# mpirun refuses root unless told; CI and the container run as root
+export OMPI_ALLOW_RUN_AS_ROOT := 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+# Horovod must build against TensorFlow, MPI and Gloo, and nothing else (DESIGN §3)
+HOROVOD_FLAGS := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
+                 HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1
+
+.PHONY: help all env system data slurm-start slurm-stop slurm-status train-batch test test-unit bench clean
+
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+all: env data slurm-start train-batch  ## the main job: set up, make data, start SLURM, train with Horovod on 2 nodes
+
+system:  ## Debian packages (MPI, SLURM, munge, compiler), only those missing
+	@recipes/minislurm/install.sh
+
+env: system $(VENV)/.installed  ## the virtual environment with the pinned stack and Horovod
+
+$(VENV)/.installed: constraints.txt pyproject.toml
+	@echo "== environment: $(VENV) (first time: ~10 min, mostly building Horovod)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PIP) install -q --upgrade pip setuptools wheel 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PIP) install -q -c constraints.txt -e '.[tf,cluster,dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -c 'import tensorflow, h5py, ipyparallel' || { echo "error: the Python stack did not install (see pip's messages above)"; exit 1; }
+	@$(VENV)/bin/horovodrun --check-build 2>/dev/null | grep -q '\[X\] TensorFlow' || { \
+	  echo "== building Horovod with TensorFlow, MPI and Gloo (~5 min on 2 cores)"; \
+	  $(HOROVOD_FLAGS) $(PIP) install -q --no-build-isolation --no-cache-dir -c constraints.txt horovod 2>&1 | grep -v '^WARNING: Location' || true; }
+	@$(VENV)/bin/horovodrun --check-build > $(VENV)/horovod-build.txt
+	@for need in TensorFlow MPI Gloo; do grep -q "\[X\] $$need" $(VENV)/horovod-build.txt || { \
+	  cat $(VENV)/horovod-build.txt; echo "error: Horovod lacks $$need support; needs Debian libopenmpi-dev and cmake, then: rm -rf $(VENV) && make env"; exit 1; }; done
+	@touch $@
+
+data: env  ## the embedded synthetic dataset (skips files that already verify)
+	@$(PY) data/fetch.py
+
+slurm-start: system  ## start the mini SLURM cluster (munge, slurmctld, 4 slurmd)
+	@$(SLURM) start
+
+slurm-stop:  ## stop it; no daemon or job left behind
+	@$(SLURM) stop
+
+slurm-status:  ## sinfo and squeue
+	@$(SLURM) status
+
+train-batch: env data slurm-start  ## sbatch the Horovod recipe on 2 nodes, wait, print the metrics
+	@mkdir -p $(RESULTS)
+	@echo "== sbatch recipes/nersc/train_horovod.sbatch on 2 nodes (mini SLURM)"
+	@export LHCCNN_LAUNCHER=mpirun PATH=$(CURDIR)/$(VENV)/bin:$$PATH; \
+	  jid=$$(sbatch --parsable -N 2 --ntasks-per-node=1 -o $(RESULTS)/%x-%j.out recipes/nersc/train_horovod.sbatch $(TRAIN_ARGS)); \
+	  echo "job $$jid submitted; log: $(RESULTS)/lhccnn-train-$$jid.out"; \
+	  $(PY) -m lhccnn.cli wait-job $$jid --log $(RESULTS)/lhccnn-train-$$jid.out; \
+	  $(PY) -m lhccnn.cli summary $(RESULTS)/train-$$jid
+
+test: env data  ## the whole test suite (what CI runs); starts the mini SLURM, stops it if it was down
+	@up=0; $(SLURM) status >/dev/null 2>&1 && up=1; $(SLURM) start; rc=0; \
+	  $(PY) -m pytest -q -ra $(PYTEST_ARGS) || rc=$$?; [ $$up = 1 ] || $(SLURM) stop; exit $$rc
+
+test-unit: env  ## the unit tier only: fast, no cluster
+	@$(PY) -m pytest -q -ra tests/unit $(PYTEST_ARGS)
+
+bench: env data slurm-start  ## benchmarks: prints a table, writes results/bench.json
+	@$(PY) -m pytest -q -s tests/benchmarks $(PYTEST_ARGS)
+
+clean: slurm-stop  ## stop SLURM, remove results and caches (keeps the environment and data)
+	rm -rf $(RESULTS) .pytest_cache

@@ -1,0 +1,311 @@
+"""Train the CNN in one process or data-parallel with Horovod; a CLI for batch jobs."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from .config import LR_SCALING, OPTIMIZERS, ModelConfig, TrainConfig, data_dir, smoke
+
+log = logging.getLogger(__name__)
+
+
+def scaled_lr(lr: float, size: int, rule: str) -> float:
+    """The learning rate for `size` data-parallel ranks under a scaling rule."""
+    if rule not in LR_SCALING:
+        raise ValueError(f"unknown lr_scaling {rule!r}; valid: {', '.join(LR_SCALING)}")
+    return {"none": lr, "linear": lr * size, "sqrt": lr * math.sqrt(size)}[rule]
+
+
+def configure_threads(intra: int, inter: int) -> None:
+    """Set TensorFlow's thread pools; must run before TensorFlow executes any op."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:  # already initialised (e.g. a second call in one notebook kernel)
+        log.warning("TensorFlow already initialised; thread settings unchanged")
+
+
+def atomic_json(path: Path, obj) -> None:
+    """Write JSON through a temp file and rename, so a crash never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def weights_digest(model) -> str:
+    """A short hash of all weights: equal on every rank when Horovod keeps them in sync."""
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(w.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _callbacks_module():
+    import tensorflow as tf
+
+    class WarmupLR(tf.keras.callbacks.Callback):
+        """Ramp the lr linearly from `start` to `target` over the first `epochs` epochs.
+
+        Large scaled learning rates applied from step one made the upstream 16- and 64-node
+        runs collapse to the majority class; the ramp (Goyal et al. 2017) avoids that.
+        """
+
+        def __init__(self, start, target, epochs, steps_per_epoch):
+            super().__init__()
+            self.start, self.target = start, target
+            self.total = max(1, int(round(epochs * steps_per_epoch)))
+            self.steps_per_epoch = steps_per_epoch
+            self.epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_begin(self, batch, logs=None):
+            step = self.epoch * self.steps_per_epoch + batch
+            if step <= self.total:
+                lr = self.start + (self.target - self.start) * min(1.0, step / self.total)
+                tf.keras.backend.set_value(self.model.optimizer.lr, lr)
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["lr"] = float(tf.keras.backend.get_value(self.model.optimizer.lr))
+
+    class Throughput(tf.keras.callbacks.Callback):
+        """Samples/s of the training part of each epoch, all ranks together (no validation)."""
+
+        def __init__(self, samples_per_epoch):
+            super().__init__()
+            self.samples_per_epoch = samples_per_epoch
+            self.t0 = self.t_last = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = self.t_last = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.t_last = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = self.t_last - self.t0
+            if logs is not None:
+                logs["train_seconds"] = seconds
+                logs["samples_per_s"] = self.samples_per_epoch / seconds if seconds else 0.0
+
+    class EpochLog(tf.keras.callbacks.Callback):
+        """Rank 0: rewrite history.json after every epoch and save a checkpoint atomically."""
+
+        def __init__(self, out_dir: Path, checkpoint: bool):
+            super().__init__()
+            self.out_dir, self.checkpoint = out_dir, checkpoint
+            self.history: list[dict] = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.history.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
+            atomic_json(self.out_dir / "history.json", self.history)
+            if self.checkpoint:
+                tmp = self.out_dir / "checkpoint.tmp.h5"
+                self.model.save_weights(str(tmp))
+                os.replace(tmp, self.out_dir / "checkpoint.h5")
+            log.info("epoch %d: %s", epoch + 1,
+                     " ".join(f"{k}={v:.4g}" for k, v in self.history[-1].items() if k != "epoch"))
+
+    return WarmupLR, Throughput, EpochLog
+
+
+def evaluate(model, path, n=None, batch_size=512) -> dict:
+    """Accuracy and ROC AUC (unweighted and weighted by the physics weights) on one file."""
+    import numpy as np
+
+    from .data import load_arrays
+    from .physics import roc_auc
+
+    x, y, w = load_arrays(path, n=n)
+    p = model.predict(x, batch_size=batch_size, verbose=0).ravel()
+    pred = (p > 0.5).astype(np.float32)
+    return {
+        "n": int(len(y)),
+        "accuracy": float(np.mean(pred == y)),
+        "weighted_accuracy": float(np.sum(w * (pred == y)) / np.sum(w)),
+        "auc": float(roc_auc(y, p)),
+        "weighted_auc": float(roc_auc(y, p, w)),
+        "majority_rate": float(max(np.mean(y), 1 - np.mean(y))),
+    }
+
+
+def train(config: TrainConfig, data: str | Path | None = None, out_dir: str | Path | None = None,
+          use_horovod: bool = False, n_test: int | None = None, callbacks=None) -> dict:
+    """Train one model; return a result dict (history, test metrics, throughput, shard).
+
+    With `use_horovod`, every rank calls this: each reads its own shard of the training and
+    validation files, gradients are averaged by Horovod's DistributedOptimizer, and only rank 0
+    writes files. `callbacks` are extra Keras callbacks (a fresh list each call: never mutated).
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from .data import make_dataset, steps_per_epoch
+    from .model import build_model, make_optimizer
+
+    data = Path(data) if data else data_dir()
+    rank, size = 0, 1
+    if use_horovod:
+        import horovod.tensorflow.keras as hvd  # Horovod: the Keras binding
+
+        hvd.init()  # Horovod: join the ranks started by mpirun/srun/horovodrun
+        rank, size = hvd.rank(), hvd.size()
+    configure_threads(config.intra_threads, config.inter_threads)
+    tf.keras.utils.set_random_seed(config.seed + rank)  # per-rank shuffles; weights come from rank 0
+
+    train_ds, shard = make_dataset(data / "train.h5", config.batch_size, n=config.n_train,
+                                   rank=rank, size=size, shuffle=True, seed=config.seed + rank,
+                                   streaming=config.streaming, repeat=True,
+                                   shuffle_buffer=config.shuffle_buffer)
+    val_ds, val_shard = make_dataset(data / "val.h5", config.batch_size, n=config.n_val,
+                                     rank=rank, size=size, shuffle=False,
+                                     streaming=config.streaming, repeat=True)
+    steps = steps_per_epoch(shard, config.batch_size)
+    val_steps = steps_per_epoch(val_shard, config.batch_size)
+
+    mc = config.model
+    target_lr = scaled_lr(mc.lr, size, config.lr_scaling)
+    opt = make_optimizer(mc.optimizer, target_lr)
+    if use_horovod:
+        opt = hvd.DistributedOptimizer(opt)  # Horovod: average gradients across ranks
+    model = build_model(mc, optimizer=opt)
+
+    WarmupLR, Throughput, EpochLog = _callbacks_module()
+    cbs = []
+    if use_horovod:
+        cbs += [
+            hvd.callbacks.BroadcastGlobalVariablesCallback(0),  # Horovod: same start on all ranks
+            hvd.callbacks.MetricAverageCallback(),  # Horovod: epoch metrics averaged over ranks
+        ]
+    if config.warmup_epochs > 0 and target_lr != mc.lr:
+        cbs.append(WarmupLR(mc.lr, target_lr, config.warmup_epochs, steps))
+    cbs.append(Throughput(steps * config.batch_size * size))
+    out = Path(out_dir) if out_dir else None
+    epoch_log = None
+    if out is not None and rank == 0:  # rank-0-only side effects: files
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_json(out / "config.json", {**config.to_dict(), "ranks": size, "target_lr": target_lr})
+        epoch_log = EpochLog(out, checkpoint=True)
+        cbs.append(epoch_log)
+    cbs += list(callbacks or [])
+
+    t0 = time.perf_counter()
+    hist = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps,
+                     validation_data=val_ds, validation_steps=val_steps, callbacks=cbs,
+                     verbose=config.verbose if rank == 0 else 0)
+    wall = time.perf_counter() - t0
+    history = {k: [float(v) for v in vs] for k, vs in hist.history.items()}
+
+    result = {
+        "rank": rank, "size": size, "shard": [shard.start, shard.stop],
+        "history": history, "wall_seconds": wall, "target_lr": target_lr,
+        "weights_digest": weights_digest(model),
+        # epoch 1 includes graph tracing: report the median of the later epochs when there are any
+        "samples_per_s": float(np.median(history["samples_per_s"][1:] or history["samples_per_s"])),
+    }
+    if rank == 0:
+        result["test"] = evaluate(model, data / "test.h5", n=n_test)
+        val_acc = history.get("val_accuracy", [0.0])[-1]
+        # the upstream failure mode: predicting one class for every event
+        result["collapsed"] = bool(abs(val_acc - result["test"]["majority_rate"]) < 0.005)
+        if out is not None:
+            atomic_json(out / "metrics.json", {k: v for k, v in result.items() if k != "history"})
+            model.save_weights(str(out / "model.h5"))
+    return result
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 8,16,32, got {text!r}")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    d, m = TrainConfig(), ModelConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m lhccnn.train",
+        description="Train the LHC-image CNN on train/val/test.h5, in one process or with Horovod "
+                    "(run under mpirun/srun/horovodrun with --horovod). Rank 0 writes "
+                    "config.json, history.json (every epoch), checkpoint.h5, model.h5 and "
+                    "metrics.json (test accuracy, AUC unweighted and weighted, samples/s) to --out.",
+        epilog="example: mpirun -np 2 python -m lhccnn.train --horovod --epochs 4 --out results/hvd2")
+    p.add_argument("--data", type=Path, default=None,
+                   help="folder with train.h5, val.h5, test.h5 (default: $LHCCNN_DATA_DIR or data/synthetic)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (rank 0 writes here; default: none, nothing written)")
+    p.add_argument("--horovod", action="store_true", help="data-parallel training with Horovod")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes that train in seconds")
+    s = smoke()
+    # sizes default to None and are filled from the preset (--smoke or the paper's values)
+    for flag, attr, help_ in [("--epochs", "epochs", "epochs"), ("--batch-size", "batch_size", "per rank"),
+                              ("--n-train", "n_train", "training events, all ranks together"),
+                              ("--n-val", "n_val", "validation events, all ranks together"),
+                              ("--warmup-epochs", "warmup_epochs", "epochs of lr warm-up")]:
+        kind = float if attr == "warmup_epochs" else int
+        p.add_argument(flag, type=kind, default=None,
+                       help=f"{help_} (default {getattr(d, attr)}; with --smoke {getattr(s, attr)})")
+    p.add_argument("--n-test", type=int, default=None, help="test events (default: the whole file)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=m.optimizer, help="(default: %(default)s)")
+    p.add_argument("--lr", type=float, default=m.lr, help="learning rate of one rank (default: %(default)s)")
+    p.add_argument("--lr-scaling", choices=LR_SCALING, default=d.lr_scaling,
+                   help="how the lr grows with the number of ranks (default: %(default)s)")
+    p.add_argument("--dropout", type=float, default=m.dropout, help="(default: %(default)s)")
+    p.add_argument("--conv-sizes", type=_sizes, default=m.conv_sizes, help="conv filters per block (default: 8,16,32)")
+    p.add_argument("--dense-sizes", type=_sizes, default=m.dense_sizes, help="dense layer sizes (default: 64)")
+    p.add_argument("--threads", type=int, default=d.intra_threads, help="TensorFlow intra-op threads (default: %(default)s)")
+    p.add_argument("--inter-threads", type=int, default=d.inter_threads, help="(default: %(default)s)")
+    p.add_argument("--in-memory", action="store_true", help="load the shard into memory instead of streaming")
+    p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
+    p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="Keras verbosity (rank 0)")
+    return p.parse_args(argv)
+
+
+def config_from_args(a: argparse.Namespace) -> TrainConfig:
+    base = smoke() if a.smoke else TrainConfig()
+    sizes = {k: getattr(a, k) for k in ("epochs", "batch_size", "n_train", "n_val", "warmup_epochs")
+             if getattr(a, k) is not None}
+    return base.replace(
+        **sizes, lr_scaling=a.lr_scaling, intra_threads=a.threads, inter_threads=a.inter_threads,
+        streaming=not a.in_memory, seed=a.seed, verbose=a.verbose, model_optimizer=a.optimizer,
+        model_lr=a.lr, model_dropout=a.dropout, model_conv_sizes=a.conv_sizes,
+        model_dense_sizes=a.dense_sizes)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(a)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from .data import DataError
+
+    try:
+        result = train(config, data=a.data, out_dir=a.out, use_horovod=a.horovod,
+                       n_test=a.n_test or (1024 if a.smoke else None))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if result["rank"] == 0:
+        t = result["test"]
+        print(f"ranks={result['size']} test_accuracy={t['accuracy']:.4f} "
+              f"auc={t['auc']:.4f} weighted_auc={t['weighted_auc']:.4f} "
+              f"samples_per_s={result['samples_per_s']:.1f} collapsed={result['collapsed']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

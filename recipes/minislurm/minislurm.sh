@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Start, stop or inspect a mini SLURM cluster (munge + slurmctld + N slurmd) on this host.
+#   usage: minislurm.sh start|stop|status|env
+# State (config, spool, logs, pids) lives in $MINISLURM_STATE (default: <repo>/.minislurm).
+# After `start`, point clients at it with:  eval "$(recipes/minislurm/minislurm.sh env)"
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+STATE=${MINISLURM_STATE:-$repo/.minislurm}
+NODES=${MINISLURM_NODES:-4}
+CPUS=${MINISLURM_CPUS:-2}          # declared per virtual node; all nodes share the real cores
+MEM=${MINISLURM_MEM:-4096}         # MB per virtual node
+CTLD_PORT=${MINISLURM_CTLD_PORT:-16817}
+NODE_PORT=${MINISLURM_NODE_PORT:-17001}
+export SLURM_CONF=$STATE/slurm.conf
+
+log() { echo "minislurm: $*" >&2; }
+die() { echo "minislurm: error: $*" >&2; exit 1; }
+alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+need() {
+  local missing=()
+  for c in munged munge slurmctld slurmd sinfo; do command -v "$c" >/dev/null || missing+=("$c"); done
+  ((${#missing[@]} == 0)) || die "missing ${missing[*]}: install the Debian packages 'slurm-wlm munge' (make system)"
+}
+
+start_munge() {
+  if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+    log "munge already running (not ours: left as it is on stop)"; return
+  fi
+  [[ -f /etc/munge/munge.key ]] || { mungekey --create 2>/dev/null || dd if=/dev/urandom of=/etc/munge/munge.key bs=1 count=1024 status=none; }
+  mkdir -p /run/munge /var/lib/munge /var/log/munge
+  chown munge:munge /run/munge /var/lib/munge /var/log/munge /etc/munge /etc/munge/munge.key
+  chmod 0700 /etc/munge; chmod 0400 /etc/munge/munge.key; chmod 0755 /run/munge
+  runuser -u munge -- munged --pid-file=/run/munge/munged.pid
+  cp /run/munge/munged.pid "$STATE/munged.pid"   # marks munged as ours, so stop takes it down
+  for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return; sleep 0.1; done
+  die "munged did not answer; see /var/log/munge/munged.log"
+}
+
+write_conf() {
+  local host; host=$(hostname -s)
+  sed -e "s|@STATE@|$STATE|g" -e "s|@HOST@|$host|g" -e "s|@NODES@|$NODES|g" \
+      -e "s|@CPUS@|$CPUS|g" -e "s|@MEM@|$MEM|g" -e "s|@CTLD_PORT@|$CTLD_PORT|g" \
+      -e "s|@PORTS@|$NODE_PORT-$((NODE_PORT + NODES - 1))|g" \
+      "$here/slurm.conf.in" > "$STATE/slurm.conf.new"
+  mv "$STATE/slurm.conf.new" "$STATE/slurm.conf"
+}
+
+wait_idle() {
+  local deadline=$((SECONDS + 60)) up
+  while ((SECONDS < deadline)); do
+    up=$(sinfo -h -N -o '%t' 2>/dev/null | grep -cE '^(idle|mix|alloc)' || true)
+    ((up == NODES)) && { log "$NODES nodes up"; return; }
+    sleep 0.5
+  done
+  sinfo -N -l >&2 || true
+  die "nodes not idle after 60 s; logs in $STATE/log"
+}
+
+start() {
+  need
+  mkdir -p "$STATE"/{ctld,log,spool}
+  start_munge
+  if alive "$STATE/slurmctld.pid"; then
+    log "slurmctld already running"
+  else
+    write_conf
+    slurmctld -i   # -i: ignore state of a previous incarnation (jobs of a dead cluster)
+  fi
+  for k in $(seq "$NODES"); do
+    alive "$STATE/slurmd.node$k.pid" || { mkdir -p "$STATE/spool/node$k"; slurmd -N "node$k"; }
+  done
+  wait_idle
+}
+
+stop() {
+  export SLURM_CONF
+  if [[ -f $STATE/slurm.conf ]] && alive "$STATE/slurmctld.pid"; then
+    scancel --user="$(id -un)" 2>/dev/null || true   # no job outlives the cluster
+  fi
+  local pids=()
+  for f in "$STATE"/slurmd.*.pid "$STATE"/slurmctld.pid "$STATE"/munged.pid; do
+    [[ -f $f ]] || continue
+    alive "$f" && { pids+=("$(cat "$f")"); kill "$(cat "$f")" 2>/dev/null || true; }
+    rm -f "$f"
+  done
+  for p in "${pids[@]}"; do   # wait, then insist
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+  done
+  # Job steps run under slurmstepd; a killed slurmd can leave them behind.
+  pkill -f "slurmstepd: \[" 2>/dev/null || true
+  log "stopped"
+}
+
+status() {
+  alive "$STATE/slurmctld.pid" || { echo "mini SLURM is not running (state: $STATE)"; return 3; }
+  echo "SLURM_CONF=$SLURM_CONF"; sinfo -N -l; echo; squeue
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  restart) stop; start ;;
+  status) status ;;
+  env) echo "export SLURM_CONF=$SLURM_CONF" ;;
+  *) echo "usage: $0 start|stop|restart|status|env" >&2; exit 2 ;;
+esac

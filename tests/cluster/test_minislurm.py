@@ -1,0 +1,80 @@
+"""The mini SLURM cluster: multi-node srun, sbatch to completion, clean stop."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lhccnn.slurm import SlurmError, wait_job
+
+REPO = Path(__file__).resolve().parents[2]
+MINISLURM = REPO / "recipes" / "minislurm" / "minislurm.sh"
+
+
+def test_srun_spans_two_nodes(slurm):
+    out = subprocess.run(["srun", "-N2", "-n2", "bash", "-c", "echo $SLURMD_NODENAME"],
+                         env=slurm, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert len(set(out.split())) == 2, out  # two different virtual nodes
+
+
+def test_sbatch_job_completes_and_failure_is_reported(slurm, tmp_path):
+    ok = tmp_path / "ok.sh"
+    ok.write_text("#!/bin/bash\nsrun -N2 -n2 hostname\n")
+    jid = subprocess.run(["sbatch", "--parsable", "-N2", "-o", str(tmp_path / "ok.out"), str(ok)],
+                         env=slurm, capture_output=True, text=True, check=True).stdout.strip()
+    assert wait_job(jid, timeout=60, stream=open(os.devnull, "w")) == "COMPLETED"
+    assert len((tmp_path / "ok.out").read_text().split()) == 2
+
+    bad = tmp_path / "bad.sh"
+    bad.write_text("#!/bin/bash\necho about to fail\nexit 3\n")
+    jid = subprocess.run(["sbatch", "--parsable", "-o", str(tmp_path / "bad.out"), str(bad)],
+                         env=slurm, capture_output=True, text=True, check=True).stdout.strip()
+    with pytest.raises(SlurmError, match=r"FAILED \(exit code 3:0"):
+        wait_job(jid, timeout=60, stream=open(os.devnull, "w"))
+
+
+def test_batch_recipe_trains_with_horovod_on_two_nodes(slurm, tiny_data, tmp_path):
+    env = dict(slurm, LHCCNN_LAUNCHER="mpirun", LHCCNN_RESULTS=str(tmp_path),
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    recipe = REPO / "recipes" / "nersc" / "train_horovod.sbatch"
+    jid = subprocess.run(
+        ["sbatch", "--parsable", "-N2", "--ntasks-per-node=1", "-o", str(tmp_path / "job.out"),
+         str(recipe), "--smoke", "--data", str(tiny_data), "--n-test", "256", "--verbose", "0"],
+        env=env, capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip()
+    wait_job(jid, timeout=300, stream=open(os.devnull, "w"))
+    metrics = json.loads((tmp_path / f"train-{jid}" / "metrics.json").read_text())
+    assert metrics["size"] == 2
+    assert metrics["test"]["auc"] > 0.6
+    nodes = subprocess.run(["scontrol", "show", "job", jid], env=slurm, capture_output=True,
+                           text=True).stdout
+    assert "NodeList=node[1-2]" in nodes or "NumNodes=2" in nodes
+
+
+def test_second_cluster_starts_and_stops_leaving_no_daemon(tmp_path, slurm_cluster):
+    # A separate cluster (own state and ports) so the shared one keeps serving other tests.
+    env = dict(os.environ, MINISLURM_STATE=str(tmp_path / "ms"), MINISLURM_NODES="2",
+               MINISLURM_CTLD_PORT="16917", MINISLURM_NODE_PORT="17101")
+    env["SLURM_CONF"] = str(tmp_path / "ms" / "slurm.conf")
+    subprocess.run([MINISLURM, "start"], env=env, check=True, timeout=90)
+    subprocess.run([MINISLURM, "start"], env=env, check=True, timeout=30)  # idempotent
+    out = subprocess.run(["srun", "-N2", "hostname"], env=env, capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert len(out.split()) == 2
+    pids = [int(f.read_text()) for f in (tmp_path / "ms").glob("slurm*.pid")]
+    assert len(pids) == 3  # slurmctld + 2 slurmd
+    subprocess.run([MINISLURM, "stop"], env=env, check=True, timeout=60)
+    alive = [pid for pid in pids if _alive(pid)]
+    assert not alive, f"daemons still running after stop: {alive}"
+    assert subprocess.run([MINISLURM, "status"], env=env, capture_output=True).returncode == 3
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); count it as gone
+    return "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]

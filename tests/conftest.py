@@ -1,0 +1,73 @@
+"""Shared fixtures: a tiny synthetic dataset, and the mini SLURM cluster with an empty-queue check."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MINISLURM = REPO / "recipes" / "minislurm" / "minislurm.sh"
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# mpirun refuses to start as root unless told (CI and the container run as root)
+os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+
+TINY = {"train": 2048, "val": 512, "test": 512}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """train/val/test.h5 of the embedded generator, small enough to train on in seconds."""
+    from lhccnn.synthetic import write_file
+
+    d = tmp_path_factory.mktemp("data")
+    for i, (split, n) in enumerate(TINY.items()):
+        write_file(d / f"{split}.h5", n, seed=100 + i, progress=False)
+    return d
+
+
+def _slurm_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("SLURM_CONF", str(REPO / ".minislurm" / "slurm.conf"))
+    return env
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The mini SLURM cluster: started if it is not running, stopped again if we started it."""
+    if shutil.which("slurmctld") is None:
+        pytest.fail("SLURM is not installed: run `make system` (Debian slurm-wlm, munge)")
+    env = _slurm_env()
+    was_up = subprocess.run([MINISLURM, "status"], env=env, capture_output=True).returncode == 0
+    subprocess.run([MINISLURM, "start"], env=env, check=True)
+    os.environ["SLURM_CONF"] = env["SLURM_CONF"]
+    yield env
+    if not was_up:
+        subprocess.run([MINISLURM, "stop"], env=env, check=True)
+
+
+@pytest.fixture
+def slurm(slurm_cluster):
+    """Per test: the cluster's environment; afterwards the queue must be empty (no orphans)."""
+    yield slurm_cluster
+    left = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], env=slurm_cluster,
+                          capture_output=True, text=True).stdout.strip()
+    if left:
+        subprocess.run(["scancel", "--user", os.environ.get("USER", "root")], env=slurm_cluster)
+        pytest.fail(f"jobs left in the SLURM queue after the test:\n{left}")
+
+
+def pytest_runtest_makereport(item, call):
+    """On a failing SLURM test, dump sinfo/squeue and the daemon logs' tails to help debugging."""
+    if call.when == "call" and call.excinfo is not None and "slurm" in item.fixturenames:
+        env = _slurm_env()
+        for cmd in (["sinfo", "-N"], ["squeue"]):
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            item.add_report_section("call", " ".join(cmd), out.stdout + out.stderr)
+        for log in sorted((REPO / ".minislurm" / "log").glob("*.log")):
+            item.add_report_section("call", log.name, "\n".join(log.read_text().splitlines()[-15:]))
