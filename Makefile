@@ -38,7 +38,7 @@ $(VENV)/.installed: constraints.txt pyproject.toml
 	@$(PY) -c 'import tensorflow, h5py, ipyparallel' || { echo "error: the Python stack did not install (see pip's messages above)"; exit 1; }
 	@$(VENV)/bin/horovodrun --check-build 2>/dev/null | grep -q '\[X\] TensorFlow' || { \
 	  echo "== building Horovod with TensorFlow, MPI and Gloo (~5 min on 2 cores)"; \
-	  $(HOROVOD_FLAGS) $(PIP) install -q --no-build-isolation --no-cache-dir -c constraints.txt horovod 2>&1 | grep -v '^WARNING: Location' || true; }
+	  $(HOROVOD_FLAGS) $(PIP) install -q --no-build-isolation -c constraints.txt horovod 2>&1 | grep -v '^WARNING: Location' || true; }
 	@$(VENV)/bin/horovodrun --check-build > $(VENV)/horovod-build.txt
 	@for need in TensorFlow MPI Gloo; do grep -q "\[X\] $$need" $(VENV)/horovod-build.txt || { \
 	  cat $(VENV)/horovod-build.txt; echo "error: Horovod lacks $$need support; needs Debian libopenmpi-dev and cmake, then: rm -rf $(VENV) && make env"; exit 1; }; done

@@ -38,7 +38,7 @@ def sample_ids(x):
     """Invert preprocess on the filled images: the event index each sample came from."""
     x = np.asarray(x)
     assert np.all(x == x[:, :1, :1, :1])  # every cell of an image holds the same value
-    return np.rint(np.expm1(x[:, 0, 0, 0].astype(np.float64))).astype(int)
+    return np.rint(x[:, 0, 0, 0].astype(np.float64) * data.ENERGY_SCALE).astype(int)
 
 
 def epoch_ids(ds):
@@ -188,12 +188,12 @@ def test_streaming_raises_on_bad_labels(tmp_path):
 # ----------------------------------------------------------------------------- arrays, shards
 
 
-def test_preprocess_adds_channel_and_compresses():
+def test_preprocess_adds_channel_and_scales_energies():
     hist = np.zeros((2, 64, 64))
-    hist[0, 0, :3] = [np.e - 1.0, -5.0, 1e6]
+    hist[0, 0, :3] = [100.0, -5.0, 1e6]
     x = data.preprocess(hist)
     assert x.shape == (2, 64, 64, 1) and x.dtype == np.float32
-    np.testing.assert_allclose(x[0, 0, :4, 0], [1.0, 0.0, np.log1p(1e6), 0.0], rtol=1e-6)
+    np.testing.assert_allclose(x[0, 0, :4, 0], [1.0, -0.05, 1e4, 0.0], rtol=1e-6)
 
 
 def test_load_arrays_types_shapes_and_limits(events):
