@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .config import LR_SCALING, OPTIMIZERS, ModelConfig, TrainConfig, data_dir, smoke
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("lhccnn.train")  # not __main__ under python -m
 
 
 def scaled_lr(lr: float, size: int, rule: str) -> float:
@@ -101,21 +101,21 @@ def _callbacks_module():
                 logs["samples_per_s"] = self.samples_per_epoch / seconds if seconds else 0.0
 
     class EpochLog(tf.keras.callbacks.Callback):
-        """Rank 0: rewrite history.json after every epoch and save a checkpoint atomically."""
+        """Rank 0: log each epoch; with an out_dir, rewrite history.json and checkpoint.h5 atomically."""
 
-        def __init__(self, out_dir: Path, checkpoint: bool):
+        def __init__(self, out_dir: Path | None):
             super().__init__()
-            self.out_dir, self.checkpoint = out_dir, checkpoint
+            self.out_dir = out_dir
             self.history: list[dict] = []
 
         def on_epoch_end(self, epoch, logs=None):
             self.history.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
-            atomic_json(self.out_dir / "history.json", self.history)
-            if self.checkpoint:
+            if self.out_dir is not None:
+                atomic_json(self.out_dir / "history.json", self.history)
                 tmp = self.out_dir / "checkpoint.tmp.h5"
                 self.model.save_weights(str(tmp))
                 os.replace(tmp, self.out_dir / "checkpoint.h5")
-            log.info("epoch %d: %s", epoch + 1,
+            log.info("epoch %d/%d: %s", epoch + 1, self.params.get("epochs", 0),
                      " ".join(f"{k}={v:.4g}" for k, v in self.history[-1].items() if k != "epoch"))
 
     return WarmupLR, Throughput, EpochLog
@@ -193,12 +193,11 @@ def train(config: TrainConfig, data: str | Path | None = None, out_dir: str | Pa
         cbs.append(WarmupLR(mc.lr, target_lr, config.warmup_epochs, steps))
     cbs.append(Throughput(steps * config.batch_size * size))
     out = Path(out_dir) if out_dir else None
-    epoch_log = None
-    if out is not None and rank == 0:  # rank-0-only side effects: files
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_json(out / "config.json", {**config.to_dict(), "ranks": size, "target_lr": target_lr})
-        epoch_log = EpochLog(out, checkpoint=True)
-        cbs.append(epoch_log)
+    if rank == 0:  # rank-0-only side effects: the log and the files
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_json(out / "config.json", {**config.to_dict(), "ranks": size, "target_lr": target_lr})
+        cbs.append(EpochLog(out))
     cbs += list(callbacks or [])
 
     t0 = time.perf_counter()
@@ -268,7 +267,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--inter-threads", type=int, default=d.inter_threads, help="(default: %(default)s)")
     p.add_argument("--in-memory", action="store_true", help="load the shard into memory instead of streaming")
     p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
-    p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="Keras verbosity (rank 0)")
+    p.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2),
+                   help="Keras progress output of rank 0, besides the one log line per epoch (default: 0)")
     return p.parse_args(argv)
 
 

@@ -16,6 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # mpirun refuses to start as root unless told (CI and the container run as root)
 os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
 os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+# ranks share the 2 cores here: without yielding, MPI's busy-polling starves TensorFlow
+os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
 
 TINY = {"train": 2048, "val": 512, "test": 512}
 

@@ -53,3 +53,23 @@ def test_cli_reports_missing_data_clearly(tmp_path, capsys):
     assert main(["--smoke", "--data", str(tmp_path), "--verbose", "0"]) == 2
     err = capsys.readouterr().err
     assert "train.h5" in err and "no such file" in err
+
+
+def test_warmup_ramps_lr_linearly_to_the_scaled_value():
+    import numpy as np
+    import tensorflow as tf
+
+    from lhccnn.train import _callbacks_module
+
+    WarmupLR, _, _ = _callbacks_module()
+    model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])
+    model.compile(optimizer=tf.keras.optimizers.legacy.SGD(1e-3), loss="mse")
+    seen = []
+    record = tf.keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda b, logs: seen.append(float(model.optimizer.lr.numpy())))
+    x, y = np.zeros((40, 2), "float32"), np.zeros((40, 1), "float32")
+    model.fit(x, y, batch_size=10, epochs=3, verbose=0,
+              callbacks=[WarmupLR(1e-3, 4e-3, epochs=2, steps_per_epoch=4), record])
+    # 8 warm-up steps: lr = 1e-3 + 3e-3 * step / 8, then it stays at the target
+    np.testing.assert_allclose(seen[:8], [1e-3 + 3e-3 * s / 8 for s in range(8)], rtol=1e-5)
+    np.testing.assert_allclose(seen[8:], [4e-3] * 4, rtol=1e-5)
