@@ -167,15 +167,15 @@ def test_dir_mode_rejects_missing_or_broken_files(dataset_dir, tmp_path, capsys)
     (bad / "test.h5").write_bytes(b"not hdf5")
     out = tmp_path / "out"
     assert fetch.main(["--source", str(bad), "--out", str(out), "--quiet"]) == 1
-    assert "val.h5: missing" in capsys.readouterr().err
+    assert "val.h5: no such file" in capsys.readouterr().err
     (bad / "val.h5").symlink_to(dataset_dir / "val.h5")
     assert fetch.main(["--source", str(bad), "--out", str(out), "--quiet"]) == 1
-    assert "test.h5: not a readable HDF5 file" in capsys.readouterr().err
+    assert "test.h5: cannot be read as HDF5" in capsys.readouterr().err
     with h5py.File(bad / "wrong.h5", "w") as f:
         f.create_dataset("all_events/hist", data=[[1.0]])
     os.replace(bad / "wrong.h5", bad / "test.h5")
     assert fetch.main(["--source", str(bad), "--out", str(out), "--quiet"]) == 1
-    assert "test.h5: no dataset all_events/y" in capsys.readouterr().err
+    assert "test.h5: missing dataset 'all_events/y'" in capsys.readouterr().err
     assert not out.exists() or list(out.iterdir()) == []
 
 
