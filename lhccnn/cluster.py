@@ -1,0 +1,290 @@
+"""Start, inspect and stop an IPyParallel cluster whose engines run in a SLURM allocation."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import stat
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import slurm
+
+log = logging.getLogger(__name__)
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be started or stopped; the message says why (SLURM's words)."""
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """What to ask for: nodes, engines and the SLURM options of Perlmutter-style sites."""
+
+    nodes: int = 1
+    engines: int | None = None  # default: one per node
+    time: str = "00:30:00"
+    constraint: str | None = None  # -C cpu | gpu
+    qos: str | None = None  # -q interactive | debug
+    partition: str | None = None
+    account: str | None = None  # default: $SBATCH_ACCOUNT, as sbatch itself reads it
+    mpi: bool = False  # engines as one MPI job, so that Horovod can hvd.init() across them
+    wait: float = 120.0  # seconds to wait for the allocation and every engine
+    local: bool = False  # engines on this machine, no SLURM, controller on loopback only
+    launcher: str | None = None  # srun | mpirun; default $LHCCNN_LAUNCHER or srun
+
+    def __post_init__(self):
+        if self.nodes < 1:
+            raise ValueError(f"nodes must be >= 1, got {self.nodes}")
+        if self.engines is not None and self.engines < 1:
+            raise ValueError(f"engines must be >= 1, got {self.engines}")
+        if not self.local and self.engines is not None and self.engines < self.nodes:
+            raise ValueError(f"{self.engines} engines cannot fill {self.nodes} nodes: "
+                             "ask for at least one engine per node")
+        if self.wait <= 0:
+            raise ValueError(f"wait must be > 0 seconds, got {self.wait}")
+        if self.launch_command not in ("srun", "mpirun"):
+            raise ValueError(f"launcher must be srun or mpirun, got {self.launch_command!r}")
+
+    @property
+    def n(self) -> int:
+        return self.engines or self.nodes
+
+    @property
+    def launch_command(self) -> str:
+        return self.launcher or os.environ.get("LHCCNN_LAUNCHER", "srun")
+
+
+# The engines' batch job. {launch} starts n engine processes across the allocation: srun at
+# NERSC; mpirun on the mini SLURM, whose virtual nodes share one /tmp and so break srun's PMIx.
+ENGINE_TEMPLATE = """#!/bin/bash
+#SBATCH --export=ALL
+#SBATCH --job-name=ipengine-{cluster_id}
+#SBATCH --nodes={nodes}
+#SBATCH --ntasks={n}
+#SBATCH --time={timelimit}
+#SBATCH --output={output_file}
+{extra}
+{launch} {program_and_args}
+"""
+
+
+def _launch_line(spec: ClusterSpec) -> str:
+    if spec.launch_command == "mpirun":
+        # yield: engines share cores with each other and the controller on small machines
+        return f"mpirun -np {spec.n} --bind-to none --mca mpi_yield_when_idle 1"
+    return "srun --cpu-bind=none"  # the site's default MPI plugin (cray_shasta on Perlmutter)
+
+
+def _sbatch_extra(spec: ClusterSpec) -> str:
+    opts = [("--constraint", spec.constraint), ("--qos", spec.qos),
+            ("--partition", spec.partition), ("--account", spec.account)]
+    return "\n".join(f"#SBATCH {k}={v}" for k, v in opts if v)
+
+
+class Cluster:
+    """A running IPyParallel cluster: controller here, engines in SLURM (or local processes).
+
+    Use `Cluster.start(spec)`; then `.client`, `.view` (a DirectView on all engines),
+    `.status()` and `.stop()`. Also a context manager: `with Cluster.start(spec) as c: ...`.
+    """
+
+    def __init__(self, spec: ClusterSpec, ipp_cluster):
+        self.spec = spec
+        self._ipp = ipp_cluster
+        self.client = None
+        self.view = None
+        self.started_seconds = None
+        self.stopped = False
+
+    # ------------------------------------------------------------------------------ start
+    @classmethod
+    def start(cls, spec: ClusterSpec | None = None, activate: bool = False, **kwargs) -> "Cluster":
+        """Allocate, start controller and engines, wait for every engine, connect.
+
+        Raises ClusterError (after cleaning up) if SLURM rejects the request, the allocation
+        is still pending after `spec.wait`, or engines die or do not register in time.
+        """
+        import ipyparallel as ipp
+
+        spec = spec or ClusterSpec(**kwargs)
+        t0 = time.monotonic()
+        if spec.local:
+            engines = "mpi" if spec.mpi else "local"
+            ipp_cluster = ipp.Cluster(n=spec.n, engines=engines, controller_ip="127.0.0.1",
+                                      engine_timeout=int(spec.wait), log_level=logging.WARNING)
+            if spec.mpi:
+                ipp_cluster.config.MPIEngineSetLauncher.mpi_args = [
+                    "--bind-to", "none", "--oversubscribe", "--mca", "mpi_yield_when_idle", "1"]
+        else:
+            slurm.run("sinfo", "-h", "-o", "%P")  # a clear error now if SLURM is not reachable
+            ipp_cluster = ipp.Cluster(n=spec.n, engines="slurm", controller_ip="*",
+                                      controller_location=socket.gethostname(),
+                                      engine_timeout=int(spec.wait), log_level=logging.WARNING)
+            cfg = ipp_cluster.config.SlurmEngineSetLauncher
+            cfg.batch_template = ENGINE_TEMPLATE
+            cfg.namespace = {"nodes": spec.nodes, "timelimit": spec.time,
+                             "extra": _sbatch_extra(spec), "launch": _launch_line(spec)}
+        self = cls(spec, ipp_cluster)
+        try:
+            ipp_cluster.start_controller_sync()
+            self._protect_files()
+            ipp_cluster.start_engines_sync(spec.n)
+            self.client = ipp_cluster.connect_client_sync()
+            self._wait_for_engines(t0)
+        except BaseException as e:
+            self.stop()
+            if isinstance(e, ClusterError):
+                raise
+            if "sbatch" in str(e) or type(e).__name__ in ("CalledProcessError", "LauncherError"):
+                raise ClusterError(f"SLURM refused the engines' job: {_slurm_message(e)}") from None
+            raise
+        self.started_seconds = time.monotonic() - t0
+        self.view = self.client[:]
+        self.view.block = True
+        if activate:
+            self.view.activate()  # %px, %%px, %autopx in the notebook
+        atexit.register(self.stop)  # the kernel's exit takes the allocation down with it
+        log.info("cluster ready: %d engines in %.1f s", len(self.client.ids), self.started_seconds)
+        return self
+
+    def _engine_set(self):
+        return next(iter(self._ipp.engines.values()), None)
+
+    @property
+    def job_id(self) -> str | None:
+        es = self._engine_set()
+        return getattr(es, "job_id", None) or None
+
+    def _wait_for_engines(self, t0: float) -> None:
+        spec, es = self.spec, self._engine_set()
+        started_running = None
+        while len(self.client.ids) < spec.n:
+            waited = time.monotonic() - t0
+            if self.job_id:  # SLURM: watch the allocation itself
+                info = slurm.job_info(self.job_id)
+                state = info["JobState"]
+                if state == "PENDING" and waited > spec.wait:
+                    raise ClusterError(
+                        f"SLURM job {self.job_id} still pending after {spec.wait:.0f} s "
+                        f"(reason: {info.get('Reason')}): cancelled")
+                if state in slurm.DONE_STATES:
+                    raise ClusterError(
+                        f"the engines' job {self.job_id} ended {state} before all engines "
+                        f"registered ({len(self.client.ids)}/{spec.n});"
+                        f" its log ends:\n{self._log_tail()}")
+                if state == "RUNNING" and started_running is None:
+                    started_running = time.monotonic()
+                if started_running and time.monotonic() - started_running > spec.wait:
+                    raise ClusterError(
+                        f"only {len(self.client.ids)}/{spec.n} engines registered within "
+                        f"{spec.wait:.0f} s of job {self.job_id} starting; its log ends:\n"
+                        f"{self._log_tail()}")
+            else:
+                if es is not None and es.state == "after":
+                    raise ClusterError(f"the engines exited before registering; log:\n{self._log_tail()}")
+                if waited > spec.wait:
+                    raise ClusterError(f"only {len(self.client.ids)}/{spec.n} engines registered "
+                                       f"within {spec.wait:.0f} s; log:\n{self._log_tail()}")
+            time.sleep(0.2)
+
+    def _log_tail(self, lines: int = 15) -> str:
+        es = self._engine_set()
+        paths = []
+        if es is not None and getattr(es, "output_file", None):
+            paths.append(Path(es.output_file))
+        paths += sorted(Path(self._ipp.profile_dir, "log").glob(f"*{self._ipp.cluster_id}*"))
+        for p in paths:
+            if p.exists() and p.stat().st_size:
+                return "\n".join(p.read_text(errors="replace").splitlines()[-lines:])
+        return "(no engine log)"
+
+    def _protect_files(self) -> None:
+        """Connection and cluster files hold the cluster's keys: readable by the user only."""
+        security = Path(self._ipp.profile_dir, "security")
+        for p in security.glob("*.json"):
+            p.chmod(stat.S_IRUSR | stat.S_IWUSR)
+
+    # ------------------------------------------------------------------------------ status
+    def status(self) -> dict:
+        """Job id and state, nodes, and every engine's host and pid."""
+        info = {"job_id": self.job_id, "state": "LOCAL" if self.spec.local else None,
+                "nodes": None, "engines": []}
+        if self.job_id and not self.stopped:
+            try:
+                job = slurm.job_info(self.job_id)
+                info.update(state=job["JobState"], nodes=job.get("NodeList"))
+            except slurm.SlurmError as e:
+                info["state"] = f"unknown ({e})"
+        if self.client is not None and not self.stopped:
+            ids = list(self.client.ids)
+            if ids:
+                hosts = self.client[ids].apply_async(_whereami).get(timeout=30)
+                info["engines"] = [{"id": i, **h} for i, h in zip(ids, hosts)]
+        if self.stopped:
+            info["state"] = "STOPPED"
+        return info
+
+    def spec_dict(self) -> dict:
+        return asdict(self.spec)
+
+    # ------------------------------------------------------------------------------ stop
+    def stop(self) -> float:
+        """Stop engines and controller, cancel the allocation, check nothing is left. Idempotent."""
+        if self.stopped:
+            return 0.0
+        t0 = time.monotonic()
+        job = self.job_id
+        self.stopped = True
+        try:
+            if self.client is not None:
+                self.client.close()
+            self._ipp.stop_cluster_sync()
+        except Exception as e:  # keep going: the allocation must be cancelled regardless
+            log.warning("stopping the IPyParallel cluster: %s", e)
+        if job:
+            _cancel_and_wait(job)
+        atexit.unregister(self.stop)
+        return time.monotonic() - t0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _whereami() -> dict:
+    import os
+    import socket
+
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "slurm_node": os.environ.get("SLURMD_NODENAME"),
+            "slurm_job": os.environ.get("SLURM_JOB_ID")}
+
+
+def _slurm_message(e: BaseException) -> str:
+    out = getattr(e, "output", None) or getattr(e, "stderr", None)
+    if isinstance(out, bytes):
+        out = out.decode(errors="replace")
+    return (out or str(e)).strip()
+
+
+def _cancel_and_wait(job: str, timeout: float = 30.0) -> None:
+    """scancel the job and wait until SLURM no longer lists it as pending or running."""
+    try:
+        slurm.run("scancel", str(job))
+    except slurm.SlurmError as e:
+        log.warning("%s", e)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if slurm.job_state(job) in slurm.DONE_STATES:
+                return
+        except slurm.SlurmError:  # purged from slurmctld's memory: gone
+            return
+        time.sleep(0.2)
+    raise ClusterError(f"SLURM job {job} still listed {timeout:.0f} s after scancel")
