@@ -10,6 +10,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 SLURM := recipes/minislurm/minislurm.sh
 RESULTS := results
 export SLURM_CONF := $(CURDIR)/.minislurm/slurm.conf
+export LHCCNN_LAUNCHER := mpirun
 # mpirun refuses root unless told; CI and the container run as root
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
@@ -61,7 +62,7 @@ slurm-status:  ## sinfo and squeue
 train-batch: env data slurm-start  ## sbatch the Horovod recipe on 2 nodes, wait, print the metrics
 	@mkdir -p $(RESULTS)
 	@echo "== sbatch recipes/nersc/train_horovod.sbatch on 2 nodes (mini SLURM)"
-	@export LHCCNN_LAUNCHER=mpirun PATH=$(CURDIR)/$(VENV)/bin:$$PATH; \
+	@export PATH=$(CURDIR)/$(VENV)/bin:$$PATH; \
 	  jid=$$(sbatch --parsable -N 2 --ntasks-per-node=1 -o $(RESULTS)/%x-%j.out recipes/nersc/train_horovod.sbatch $(TRAIN_ARGS)); \
 	  echo "job $$jid submitted; log: $(RESULTS)/lhccnn-train-$$jid.out"; \
 	  $(PY) -m lhccnn.cli wait-job $$jid --log $(RESULTS)/lhccnn-train-$$jid.out; \

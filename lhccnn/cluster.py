@@ -35,6 +35,7 @@ class ClusterSpec:
     wait: float = 120.0  # seconds to wait for the allocation and every engine
     local: bool = False  # engines on this machine, no SLURM, controller on loopback only
     launcher: str | None = None  # srun | mpirun; default $LHCCNN_LAUNCHER or srun
+    python: str | None = None  # the interpreter that runs the engines; default: this one
 
     def __post_init__(self):
         if self.nodes < 1:
@@ -79,10 +80,24 @@ def _launch_line(spec: ClusterSpec) -> str:
     return "srun --cpu-bind=none"  # the site's default MPI plugin (cray_shasta on Perlmutter)
 
 
-def _sbatch_extra(spec: ClusterSpec) -> str:
+def sbatch_options(spec: ClusterSpec) -> list[str]:
+    """The site options of a spec as sbatch flags (constraint, qos, partition, account)."""
     opts = [("--constraint", spec.constraint), ("--qos", spec.qos),
             ("--partition", spec.partition), ("--account", spec.account)]
-    return "\n".join(f"#SBATCH {k}={v}" for k, v in opts if v)
+    return [f"{k}={v}" for k, v in opts if v]
+
+
+def _check_request(spec: ClusterSpec) -> None:
+    """Ask SLURM whether it would accept the engines' job (sbatch --test-only submits nothing)."""
+    try:
+        slurm.run("sbatch", "--test-only", f"--nodes={spec.nodes}", f"--ntasks={spec.n}",
+                  f"--time={spec.time}", *sbatch_options(spec), "--wrap", "true")
+    except slurm.SlurmError as e:
+        raise ClusterError(f"SLURM rejected the request: {e}") from None
+
+
+def _sbatch_extra(spec: ClusterSpec) -> str:
+    return "\n".join(f"#SBATCH {o}" for o in sbatch_options(spec))
 
 
 class Cluster:
@@ -120,14 +135,23 @@ class Cluster:
                 ipp_cluster.config.MPIEngineSetLauncher.mpi_args = [
                     "--bind-to", "none", "--oversubscribe", "--mca", "mpi_yield_when_idle", "1"]
         else:
-            slurm.run("sinfo", "-h", "-o", "%P")  # a clear error now if SLURM is not reachable
+            _check_request(spec)  # SLURM's own verdict before anything is started
             ipp_cluster = ipp.Cluster(n=spec.n, engines="slurm", controller_ip="*",
                                       controller_location=socket.gethostname(),
                                       engine_timeout=int(spec.wait), log_level=logging.WARNING)
             cfg = ipp_cluster.config.SlurmEngineSetLauncher
             cfg.batch_template = ENGINE_TEMPLATE
+            # ipyparallel writes the script into the current directory unless told otherwise
+            cfg.batch_file_name = str(Path(ipp_cluster.profile_dir, "log",
+                                           f"slurm_engine-{ipp_cluster.cluster_id}.sbatch"))
             cfg.namespace = {"nodes": spec.nodes, "timelimit": spec.time,
                              "extra": _sbatch_extra(spec), "launch": _launch_line(spec)}
+            if spec.mpi:  # engine ids = MPI ranks (via mpi4py), as with ipyparallel's MPI launcher
+                cfg.engine_args = ["--mpi"]
+        if spec.python:
+            launcher_cfg = "MPIEngineSetLauncher" if spec.local and spec.mpi else (
+                "LocalEngineSetLauncher" if spec.local else "SlurmEngineSetLauncher")
+            ipp_cluster.config[launcher_cfg].engine_cmd = [spec.python, "-m", "ipyparallel.engine"]
         self = cls(spec, ipp_cluster)
         try:
             ipp_cluster.start_controller_sync()
@@ -192,15 +216,16 @@ class Cluster:
             time.sleep(0.2)
 
     def _log_tail(self, lines: int = 15) -> str:
+        """The end of the engines' output (the SLURM job's file, or the local launcher's)."""
         es = self._engine_set()
-        paths = []
-        if es is not None and getattr(es, "output_file", None):
-            paths.append(Path(es.output_file))
-        paths += sorted(Path(self._ipp.profile_dir, "log").glob(f"*{self._ipp.cluster_id}*"))
-        for p in paths:
-            if p.exists() and p.stat().st_size:
-                return "\n".join(p.read_text(errors="replace").splitlines()[-lines:])
-        return "(no engine log)"
+        text = ""
+        if es is not None:
+            path = Path(getattr(es, "output_file", "") or "/nonexistent")
+            if path.is_file():
+                text = path.read_text(errors="replace")
+            elif hasattr(es, "get_output"):  # a local launcher may have removed its file already
+                text = es.get_output() or ""
+        return "\n".join(text.strip().splitlines()[-lines:]) or "(the engines wrote nothing)"
 
     def _protect_files(self) -> None:
         """Connection and cluster files hold the cluster's keys: readable by the user only."""

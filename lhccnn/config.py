@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # Image geometry of the real dataset: 64 x 64 cells in (eta, phi), one channel.
 IMAGE_SHAPE = (64, 64, 1)
@@ -55,7 +57,7 @@ class TrainConfig:
     seed: int = 0
     intra_threads: int = 1
     inter_threads: int = 1
-    verbose: int = 2
+    verbose: int = 0  # Keras progress bars; train.py logs one line per epoch regardless
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self):
@@ -90,12 +92,17 @@ def smoke() -> TrainConfig:
     return TrainConfig(n_train=2048, n_val=512, batch_size=64, epochs=2, warmup_epochs=0.0)
 
 
-def data_dir() -> "Path":
-    """Where the dataset lives: $LHCCNN_DATA_DIR, else data/synthetic in the source checkout."""
-    import os
-    from pathlib import Path
+# The source checkout: recipes/ and results/ live beside the package (the tutorial's layout).
+REPO = Path(__file__).resolve().parents[1]
 
+
+def data_dir() -> Path:
+    """Where the dataset lives: $LHCCNN_DATA_DIR, else data/synthetic in the source checkout."""
     env = os.environ.get("LHCCNN_DATA_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1] / "data" / "synthetic"
+    return Path(env) if env else REPO / "data" / "synthetic"
+
+
+def results_dir() -> Path:
+    """Where runs write their figures: $LHCCNN_RESULTS, else results/ in the source checkout."""
+    env = os.environ.get("LHCCNN_RESULTS")
+    return Path(env) if env else REPO / "results"

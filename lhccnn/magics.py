@@ -19,7 +19,7 @@ USAGE = """\
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="%ipcluster", usage=USAGE, add_help=True, exit_on_error=False,
+    p = argparse.ArgumentParser(prog="%ipcluster", usage=USAGE.replace("%", "%%"), exit_on_error=False,
                                 description="Start an IPyParallel cluster whose engines run in a "
                                             "SLURM allocation, show it, stop it.")
     sub = p.add_subparsers(dest="cmd")
@@ -51,6 +51,15 @@ def _parse(line: str) -> argparse.Namespace:
     if args.cmd is None:
         raise UsageError(f"say what to do\nusage:\n{USAGE}")
     return args
+
+
+def cluster_options(line: str) -> dict:
+    """ClusterSpec keywords from %ipcluster-style SLURM options, e.g. "-t 00:30:00 -C cpu -q debug".
+
+    Lets a notebook keep one `slurm_options` string for the magic and for the Python API.
+    """
+    args = _parse("start " + line)
+    return {k: getattr(args, k) for k in ("time", "constraint", "qos", "partition", "account", "wait")}
 
 
 def format_status(info: dict) -> str:

@@ -20,11 +20,11 @@ class SlurmError(RuntimeError):
     """A SLURM command failed or a job ended badly; the message carries SLURM's own words."""
 
 
-def run(*args: str, timeout: float = 30) -> str:
+def run(*args: str, timeout: float = 30, env: dict | None = None) -> str:
     """Run a SLURM client command and return its stdout; SLURM's stderr goes into the error."""
     if shutil.which(args[0]) is None:
         raise SlurmError(f"{args[0]} not found: is SLURM installed and on PATH?")
-    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
     if p.returncode != 0:
         raise SlurmError(f"{' '.join(args)} failed: {p.stderr.strip() or p.stdout.strip()}")
     return p.stdout

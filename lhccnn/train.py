@@ -141,6 +141,32 @@ def evaluate(model, path, n=None, batch_size=512) -> dict:
     }
 
 
+def load_trained(out_dir) -> tuple:
+    """The model that a run wrote to out_dir (config.json + model.h5), and its TrainConfig."""
+    from .model import build_model
+
+    out_dir = Path(out_dir)
+    raw = json.loads((out_dir / "config.json").read_text())
+    config = TrainConfig.from_dict({k: v for k, v in raw.items() if k not in ("ranks", "target_lr")})
+    model = build_model(config.model, compile=False)
+    model.load_weights(str(out_dir / "model.h5"))
+    return model, config
+
+
+def predict_file(model, path, n=None, batch_size=512) -> dict:
+    """Labels, weights, CNN scores and the cut-based baseline's scores for one event file."""
+    import h5py
+
+    from .data import load_arrays
+    from .physics import baseline_score
+
+    x, y, w = load_arrays(path, n=n)
+    with h5py.File(path, "r") as f:  # the baseline cuts on raw energies, not network inputs
+        hist = f["all_events/hist"][: len(y)]
+    return {"y": y, "weight": w, "cnn": model.predict(x, batch_size=batch_size, verbose=0).ravel(),
+            "baseline": baseline_score(hist)}
+
+
 def train(config: TrainConfig, data: str | Path | None = None, out_dir: str | Path | None = None,
           use_horovod: bool = False, n_test: int | None = None, callbacks=None) -> dict:
     """Train one model; return a result dict (history, test metrics, throughput, shard).
@@ -281,6 +307,35 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         streaming=not a.in_memory, seed=a.seed, verbose=a.verbose, model_optimizer=a.optimizer,
         model_lr=a.lr, model_dropout=a.dropout, model_conv_sizes=a.conv_sizes,
         model_dense_sizes=a.dense_sizes)
+
+
+def config_to_args(config: TrainConfig) -> list[str]:
+    """The CLI arguments that reproduce `config` (inverse of config_from_args), for batch jobs."""
+    m = config.model
+    args = ["--epochs", config.epochs, "--batch-size", config.batch_size,
+            "--warmup-epochs", config.warmup_epochs, "--lr-scaling", config.lr_scaling,
+            "--threads", config.intra_threads, "--inter-threads", config.inter_threads,
+            "--seed", config.seed, "--optimizer", m.optimizer, "--lr", m.lr, "--dropout", m.dropout,
+            "--conv-sizes", ",".join(map(str, m.conv_sizes)),
+            "--dense-sizes", ",".join(map(str, m.dense_sizes))]
+    if config.n_train is not None:
+        args += ["--n-train", config.n_train]
+    if config.n_val is not None:
+        args += ["--n-val", config.n_val]
+    if not config.streaming:
+        args.append("--in-memory")
+    return [str(a) for a in args]
+
+
+def log_to_stdout(level=logging.INFO) -> None:
+    """Send lhccnn's log lines to stdout: on IPyParallel engines, %px then shows them live."""
+    logger = logging.getLogger("lhccnn")
+    logger.setLevel(level)
+    if not any(getattr(h, "_lhccnn_stdout", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._lhccnn_stdout = True
+        logger.addHandler(handler)
 
 
 def main(argv=None) -> int:

@@ -36,6 +36,7 @@ def tiny_data(tmp_path_factory) -> Path:
 def _slurm_env() -> dict:
     env = dict(os.environ)
     env.setdefault("SLURM_CONF", str(REPO / ".minislurm" / "slurm.conf"))
+    env.setdefault("LHCCNN_LAUNCHER", "mpirun")  # what `minislurm.sh env` says for this cluster
     return env
 
 
@@ -48,20 +49,27 @@ def slurm_cluster():
     was_up = subprocess.run([MINISLURM, "status"], env=env, capture_output=True).returncode == 0
     subprocess.run([MINISLURM, "start"], env=env, check=True)
     os.environ["SLURM_CONF"] = env["SLURM_CONF"]
+    os.environ["LHCCNN_LAUNCHER"] = env["LHCCNN_LAUNCHER"]
     yield env
     if not was_up:
         subprocess.run([MINISLURM, "stop"], env=env, check=True)
 
 
+def _queue(env) -> dict[str, str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], env=env, capture_output=True,
+                         text=True).stdout
+    return {line.split()[0]: line for line in out.splitlines() if line.strip()}
+
+
 @pytest.fixture
 def slurm(slurm_cluster):
-    """Per test: the cluster's environment; afterwards the queue must be empty (no orphans)."""
+    """Per test: the cluster's environment; afterwards the queue must hold no job of the test's."""
+    before = _queue(slurm_cluster)
     yield slurm_cluster
-    left = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], env=slurm_cluster,
-                          capture_output=True, text=True).stdout.strip()
+    left = {j: line for j, line in _queue(slurm_cluster).items() if j not in before}
     if left:
-        subprocess.run(["scancel", "--user", os.environ.get("USER", "root")], env=slurm_cluster)
-        pytest.fail(f"jobs left in the SLURM queue after the test:\n{left}")
+        subprocess.run(["scancel", *left], env=slurm_cluster)  # only the test's own jobs
+        pytest.fail("jobs left in the SLURM queue after the test:\n" + "\n".join(left.values()))
 
 
 def pytest_runtest_makereport(item, call):

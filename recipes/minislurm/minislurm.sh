@@ -105,6 +105,7 @@ case "${1:-}" in
   stop) stop ;;
   restart) stop; start ;;
   status) status ;;
-  env) echo "export SLURM_CONF=$SLURM_CONF" ;;
+  # the virtual nodes share /tmp, which breaks srun's PMIx across them: MPI jobs use mpirun
+  env) echo "export SLURM_CONF=$SLURM_CONF LHCCNN_LAUNCHER=mpirun" ;;
   *) echo "usage: $0 start|stop|restart|status|env" >&2; exit 2 ;;
 esac

@@ -73,3 +73,12 @@ def test_warmup_ramps_lr_linearly_to_the_scaled_value():
     # 8 warm-up steps: lr = 1e-3 + 3e-3 * step / 8, then it stays at the target
     np.testing.assert_allclose(seen[:8], [1e-3 + 3e-3 * s / 8 for s in range(8)], rtol=1e-5)
     np.testing.assert_allclose(seen[8:], [4e-3] * 4, rtol=1e-5)
+
+
+def test_config_round_trips_through_cli_arguments():
+    from lhccnn.config import TrainConfig
+    from lhccnn.train import config_from_args, config_to_args, parse_args
+
+    c = TrainConfig(n_train=5000, epochs=3, streaming=False, lr_scaling="sqrt").replace(
+        model_conv_sizes=(4, 8), model_lr=0.01, model_optimizer="Nadam")
+    assert config_from_args(parse_args(config_to_args(c))) == c

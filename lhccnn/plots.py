@@ -1,0 +1,97 @@
+"""Static matplotlib figures for the notebooks and the book: architecture, curves, ROC, scaling."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+from .physics import roc_auc, roc_curve
+
+
+def _box(ax, x, y, w, h, text, color):
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02", fc=color, ec="0.3"))
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=9)
+
+
+def _arrow(ax, a, b, text="", style="-|>", color="0.3"):
+    ax.add_patch(FancyArrowPatch(a, b, arrowstyle=style, mutation_scale=12, color=color, lw=1.2))
+    if text:
+        ax.text((a[0] + b[0]) / 2, (a[1] + b[1]) / 2 + 0.03, text, ha="center", fontsize=8,
+                color=color)
+
+
+def architecture(nodes: int = 2, ax=None):
+    """Notebook -> IPyParallel controller -> engines in a SLURM job on compute nodes (MPI)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 3.6))
+    ax.set(xlim=(0, 1), ylim=(0, 1))
+    ax.axis("off")
+    _box(ax, 0.01, 0.42, 0.17, 0.2, "Jupyter notebook\n(kernel, %px,\nwidgets)", "#cfe2f3")
+    _box(ax, 0.27, 0.42, 0.17, 0.2, "IPyParallel\ncontroller\n(hub + schedulers)", "#d9ead3")
+    _arrow(ax, (0.18, 0.52), (0.27, 0.52), "ZMQ")
+    ax.add_patch(FancyBboxPatch((0.52, 0.04), 0.46, 0.9, boxstyle="round,pad=0.01", fc="#fff2cc",
+                                ec="0.5", ls="--"))
+    ax.text(0.75, 0.9, "SLURM allocation (sbatch / salloc)", ha="center", fontsize=9)
+    h = 0.72 / nodes
+    for i in range(nodes):
+        y = 0.1 + i * h
+        _box(ax, 0.55, y, 0.33, h * 0.7, f"compute node {i + 1}: ipengine (rank {i})\n"
+             "TensorFlow + Horovod, its data shard", "#fce5cd")
+        _arrow(ax, (0.44, 0.52), (0.55, y + h * 0.35))
+        if i:
+            _arrow(ax, (0.85, y - h * 0.3), (0.85, y), "", style="<|-|>", color="#cc0000")
+    ax.text(0.935, 0.5, "MPI allreduce\nof gradients", rotation=90, va="center", ha="center",
+            fontsize=8, color="#cc0000")
+    return ax
+
+
+def training_curves(history: dict, axes=None, label=""):
+    """Loss and accuracy per epoch, training and validation."""
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    epochs = range(1, len(history["loss"]) + 1)
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, history[key], "o-", label=f"{label}train".strip())
+        ax.plot(epochs, history[f"val_{key}"], "s--", label=f"{label}validation".strip())
+        ax.set(xlabel="epoch", ylabel=key)
+        ax.legend()
+    return axes
+
+
+def roc(pred: dict, axes=None):
+    """ROC of the CNN and of the cut-based baseline, unweighted and weighted by physics weights."""
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, weighted in zip(axes, (False, True)):
+        w = pred["weight"] if weighted else None
+        for key, style in (("cnn", "-"), ("baseline", "--")):
+            fpr, tpr, _ = roc_curve(pred["y"], pred[key], w)
+            auc = roc_auc(pred["y"], pred[key], w)
+            name = "CNN" if key == "cnn" else "cut-based (jets + log HT)"
+            ax.plot(fpr, tpr, style, label=f"{name}: AUC {auc:.3f}")
+        ax.plot([0, 1], [0, 1], ":", color="0.6")
+        ax.set(xlabel="false positive rate (background efficiency)",
+               ylabel="true positive rate (signal efficiency)",
+               title="weighted by physics weights" if weighted else "unweighted")
+        ax.legend(loc="lower right")
+    return axes
+
+
+def scaling(rows: list[dict], axes=None):
+    """Throughput against workers, notebook and batch (the paper's Fig. 2), and their ratio."""
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    by_mode = {}
+    for r in rows:
+        by_mode.setdefault(r["mode"], {})[r["workers"]] = r["samples_per_s"]
+    ws = sorted(by_mode["notebook"])
+    for mode, marker in (("notebook", "o-"), ("batch", "s--")):
+        axes[0].plot(ws, [by_mode[mode][w] for w in ws], marker, label=mode)
+    axes[0].plot(ws, [by_mode["batch"][ws[0]] * w / ws[0] for w in ws], ":", color="0.6",
+                 label="ideal")
+    axes[0].set(xlabel="workers (Horovod ranks)", ylabel="training samples/s", xticks=ws)
+    axes[0].legend()
+    axes[1].plot(ws, [by_mode["notebook"][w] / by_mode["batch"][w] for w in ws], "o-")
+    axes[1].axhline(1.0, color="0.6", ls=":")
+    axes[1].set(xlabel="workers", ylabel="notebook / batch throughput", xticks=ws, ylim=(0.8, 1.2))
+    return axes

@@ -1,0 +1,46 @@
+"""Papermill smoke runs of the notebooks on the mini SLURM and locally; their records checked."""
+
+import json
+from pathlib import Path
+
+import papermill as pm
+import pytest
+
+from lhccnn import slurm as slurm_cli
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+
+
+def run(name, tmp_path, **params):
+    out = tmp_path / "results"
+    pm.execute_notebook(NOTEBOOKS / name, tmp_path / name, cwd=str(NOTEBOOKS), kernel_name="python3",
+                        parameters={"smoke": True, "results_dir": str(out), **params},
+                        progress_bar=False)
+    return out
+
+
+@pytest.mark.parametrize("local", [False, True], ids=["slurm", "local"])
+def test_01_cluster_startup(local, slurm, tmp_path):
+    out = run("01_cluster_startup.ipynb", tmp_path, local=local)
+    rec = json.loads((out / "01_cluster_startup.json").read_text())
+    assert rec["engines"] == 2 and rec["jobs_left"] == []
+    assert 0 < rec["startup_seconds"] < 120 and 0 < rec["stop_seconds"] < 30
+    assert sum(rec["engines_per_task_count"].values()) == rec["tasks"]
+    assert 0 < rec["per_task_ms"] < 100
+    assert slurm_cli.queue() == []
+
+
+@pytest.mark.parametrize("local", [False, True], ids=["slurm", "local"])
+def test_02_horovod_scaling(local, slurm, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("LHCCNN_DATA_DIR", str(tiny_data))
+    out = run("02_horovod_scaling.ipynb", tmp_path, local=local)
+    rec = json.loads((out / "02_horovod_scaling.json").read_text())
+    main = rec["main"]
+    assert main["size"] == 2 and len(main["history"]["loss"]) == 2
+    assert main["test"]["auc"] > 0.55  # 2 smoke epochs: learning, not converged
+    assert sorted((r["mode"], r["workers"]) for r in rec["rows"]) == [
+        ("batch", 1), ("batch", 2), ("notebook", 1), ("notebook", 2)]
+    for ratio in rec["ratios"]["notebook_over_batch"].values():
+        assert 0.3 < ratio < 3  # sanity only; the measured figures are in the non-smoke run
+    assert (out / "02_horovod_main" / "model.h5").exists()
+    assert slurm_cli.queue() == []
