@@ -21,7 +21,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 HOROVOD_FLAGS := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
                  HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1
 
-.PHONY: help all env system data slurm-start slurm-stop slurm-status train-batch test test-unit bench clean
+.PHONY: help all env system data slurm-start slurm-stop slurm-status train-batch notebooks test test-unit bench clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -68,6 +68,12 @@ train-batch: env data slurm-start  ## sbatch the Horovod recipe on 2 nodes, wait
 	  $(PY) -m lhccnn.cli wait-job $$jid --log $(RESULTS)/lhccnn-train-$$jid.out; \
 	  $(PY) -m lhccnn.cli summary $(RESULTS)/train-$$jid
 
+notebooks: env data slurm-start  ## run the notebooks in order with papermill (SMOKE=1: tiny sizes) into results/notebooks
+	@mkdir -p $(RESULTS)/notebooks
+	@for nb in notebooks/0*.ipynb; do echo "== $$nb"; \
+	  $(PY) -m papermill --cwd notebooks $(if $(SMOKE),-p smoke True) "$$nb" "$(RESULTS)/notebooks/$$(basename $$nb)" \
+	    || { echo "error: $$nb failed; the executed copy in $(RESULTS)/notebooks shows the failing cell"; exit 1; }; done
+
 test: env data  ## the whole test suite (what CI runs); starts the mini SLURM, stops it if it was down
 	@up=0; $(SLURM) status >/dev/null 2>&1 && up=1; $(SLURM) start; rc=0; \
 	  $(PY) -m pytest -q -ra $(PYTEST_ARGS) || rc=$$?; [ $$up = 1 ] || $(SLURM) stop; exit $$rc
@@ -75,8 +81,8 @@ test: env data  ## the whole test suite (what CI runs); starts the mini SLURM, s
 test-unit: env  ## the unit tier only: fast, no cluster
 	@$(PY) -m pytest -q -ra tests/unit $(PYTEST_ARGS)
 
-bench: env data slurm-start  ## benchmarks: prints a table, writes results/bench.json
-	@$(PY) -m pytest -q -s tests/benchmarks $(PYTEST_ARGS)
+bench: env data slurm-start  ## benchmarks at full size (~15 min): tables, results/bench*.json
+	@LHCCNN_BENCH=full $(PY) -m pytest -q -s tests/benchmarks $(PYTEST_ARGS)
 
 clean: slurm-stop  ## stop SLURM, remove results and caches (keeps the environment and data)
 	rm -rf $(RESULTS) .pytest_cache

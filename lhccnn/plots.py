@@ -78,15 +78,20 @@ def roc(pred: dict, axes=None):
 
 
 def scaling(rows: list[dict], axes=None):
-    """Throughput against workers, notebook and batch (the paper's Fig. 2), and their ratio."""
+    """Median throughput against workers, notebook and batch (the paper's Fig. 2), their ratio."""
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    by_mode = {}
-    for r in rows:
-        by_mode.setdefault(r["mode"], {})[r["workers"]] = r["samples_per_s"]
+    from .scaling import medians
+
+    by_mode: dict = {}
+    for (mode, w), v in medians(rows).items():
+        by_mode.setdefault(mode, {})[w] = v
     ws = sorted(by_mode["notebook"])
     for mode, marker in (("notebook", "o-"), ("batch", "s--")):
-        axes[0].plot(ws, [by_mode[mode][w] for w in ws], marker, label=mode)
+        line, = axes[0].plot(ws, [by_mode[mode][w] for w in ws], marker, label=f"{mode} (median)")
+        runs = [r for r in rows if r["mode"] == mode]  # every repeat, to show the spread
+        axes[0].scatter([r["workers"] for r in runs], [r["samples_per_s"] for r in runs], s=12,
+                        color=line.get_color(), alpha=0.4)
     axes[0].plot(ws, [by_mode["batch"][ws[0]] * w / ws[0] for w in ws], ":", color="0.6",
                  label="ideal")
     axes[0].set(xlabel="workers (Horovod ranks)", ylabel="training samples/s", xticks=ws)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -81,26 +82,40 @@ def batch_run(config: TrainConfig, workers: int, out_root: Path, data=None, loca
 
 
 def study(config: TrainConfig, workers=(1, 2), per_worker=4096, out_root=None, data=None,
-          local=False, n_test=1024, cluster_options: dict | None = None,
+          local=False, n_test=1024, cluster_options: dict | None = None, repeats: int = 1,
           progress=print) -> list[dict]:
-    """For each worker count, one notebook run then one batch run, side by side."""
+    """For each worker count, notebook and batch runs side by side, `repeats` times each.
+
+    The order alternates (notebook first, then batch first) so that a machine whose speed
+    drifts during the study does not favour one mode; `ratios` compares medians.
+    """
     out_root = Path(out_root or results_dir() / "scaling")
     rows = []
     for w in workers:
         c = weak_scaled(config, per_worker, w)
-        for run in (notebook_run, batch_run):
-            kwargs = {"out_root": out_root} if run is batch_run else {}
-            row = run(c, w, data=data, local=local, n_test=n_test,
-                      cluster_options=cluster_options, **kwargs)
-            rows.append(row)
-            progress(f"{row['mode']:>8} x{w}: {row['samples_per_s']:8.0f} samples/s, "
-                     f"val acc {row['val_accuracy']:.3f}")
+        for rep in range(repeats):
+            order = (notebook_run, batch_run) if rep % 2 == 0 else (batch_run, notebook_run)
+            for run in order:
+                kwargs = {"out_root": out_root} if run is batch_run else {}
+                row = run(c, w, data=data, local=local, n_test=n_test,
+                          cluster_options=cluster_options, **kwargs)
+                rows.append({**row, "repeat": rep})
+                progress(f"{row['mode']:>8} x{w}: {row['samples_per_s']:8.0f} samples/s, "
+                         f"val acc {row['val_accuracy']:.3f}")
     return rows
 
 
+def medians(rows: list[dict]) -> dict:
+    """Median samples/s per (mode, workers) over the repeats."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["mode"], r["workers"]), []).append(r["samples_per_s"])
+    return {k: statistics.median(v) for k, v in groups.items()}
+
+
 def ratios(rows: list[dict]) -> dict:
-    """notebook/batch throughput per worker count, and Horovod efficiency vs 1 worker."""
-    by = {(r["mode"], r["workers"]): r["samples_per_s"] for r in rows}
+    """notebook/batch median throughput per worker count, and Horovod efficiency vs 1 worker."""
+    by = medians(rows)
     workers = sorted({r["workers"] for r in rows})
     out = {"notebook_over_batch": {w: by[("notebook", w)] / by[("batch", w)] for w in workers}}
     if 1 in workers:

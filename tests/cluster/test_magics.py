@@ -108,3 +108,26 @@ def test_engines_that_die_at_start_are_reported_with_their_log(slurm, tmp_path):
         Cluster.start(ClusterSpec(nodes=1, wait=30, python=str(fake)))
     assert time.monotonic() - t0 < 30
     assert slurm_cli.queue() == []
+
+
+def test_kernel_shutdown_stops_the_cluster_and_cancels_the_job(slurm):
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    outputs = []
+    try:
+        reply = kc.execute_interactive(
+            "%load_ext lhccnn.magics\nc = %ipcluster start -N 1 --wait 60\nprint('JOB', c.job_id)",
+            timeout=90, output_hook=outputs.append)
+        assert reply["content"]["status"] == "ok"
+        text = "".join(m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream")
+        job = text.split("JOB ")[1].split()[0]
+        assert slurm_cli.job_state(job) == "RUNNING"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)  # a polite shutdown, as JupyterLab's "Shut Down Kernel"
+    deadline = time.monotonic() + 30
+    while slurm_cli.job_state(job) not in slurm_cli.DONE_STATES:
+        assert time.monotonic() < deadline, "the kernel went away but its SLURM job did not"
+        time.sleep(0.5)
+    assert slurm_cli.queue() == []
