@@ -34,7 +34,7 @@ class ClusterSpec:
     mpi: bool = False  # engines as one MPI job, so that Horovod can hvd.init() across them
     wait: float = 120.0  # seconds to wait for the allocation and every engine
     local: bool = False  # engines on this machine, no SLURM, controller on loopback only
-    launcher: str | None = None  # srun | mpirun; default $LHCCNN_LAUNCHER or srun
+    launcher: str | None = None  # how an MPI job starts: srun | mpirun; default $LHCCNN_LAUNCHER or srun
     python: str | None = None  # the interpreter that runs the engines; default: this one
 
     def __post_init__(self):
@@ -74,7 +74,9 @@ ENGINE_TEMPLATE = """#!/bin/bash
 
 
 def _launch_line(spec: ClusterSpec) -> str:
-    if spec.launch_command == "mpirun":
+    # Engines that are not one MPI job always start with srun: under mpirun, one engine's death
+    # would take all the others down with it (an HPO wants them independent).
+    if spec.mpi and spec.launch_command == "mpirun":
         # yield: engines share cores with each other and the controller on small machines
         return f"mpirun -np {spec.n} --bind-to none --mca mpi_yield_when_idle 1"
     return "srun --cpu-bind=none"  # the site's default MPI plugin (cray_shasta on Perlmutter)

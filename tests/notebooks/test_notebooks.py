@@ -44,3 +44,14 @@ def test_02_horovod_scaling(local, slurm, tiny_data, tmp_path, monkeypatch):
         assert 0.3 < ratio < 3  # sanity only; the measured figures are in the non-smoke run
     assert (out / "02_horovod_main" / "model.h5").exists()
     assert slurm_cli.queue() == []
+
+
+def test_03_random_search_hpo(slurm, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("LHCCNN_DATA_DIR", str(tiny_data))
+    out = run("03_random_search_hpo.ipynb", tmp_path)
+    rec = json.loads((out / "03_random_search_hpo.json").read_text())
+    assert sum(rec["statuses"].values()) == rec["n_trials"] == 4
+    assert rec["statuses"].get("completed", 0) >= 1
+    m = rec["makespan"]
+    assert m["lower_bound"] <= m["measured"] < 2 * m["lower_bound"]  # sanity; target is 1.10
+    assert slurm_cli.queue() == []

@@ -1,0 +1,63 @@
+"""Search space validation and sampling, trial configs, and the makespan analysis."""
+
+import numpy as np
+import pytest
+
+from lhccnn.config import smoke
+from lhccnn.hpo import (Choice, IntRange, LogUniform, Uniform, default_space, makespan_analysis,
+                        sample, trial_config, validate_space)
+
+
+def test_default_space_is_valid_and_samples_stay_in_it():
+    space = validate_space(default_space())
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        hp = sample(space, rng)
+        assert 1e-4 <= hp["lr"] < 3e-2 and 0 <= hp["dropout"] < 0.7
+        assert hp["conv_sizes"] in space["conv_sizes"].values
+
+
+def test_sampling_is_deterministic_for_a_seed():
+    a = [sample(default_space(), np.random.default_rng(3)) for _ in range(3)]
+    b = [sample(default_space(), np.random.default_rng(3)) for _ in range(3)]
+    assert a == b
+
+
+def test_log_uniform_covers_decades_evenly():
+    rng = np.random.default_rng(1)
+    x = np.log10([LogUniform(1e-4, 1e-2).sample(rng) for _ in range(4000)])
+    assert abs(np.mean(x < -3) - 0.5) < 0.03
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: IntRange(5, 2), "empty IntRange"),
+    (lambda: Uniform(0.5, 0.5), "empty Uniform"),
+    (lambda: LogUniform(-1e-3, 1e-2), "0 < low < high"),
+    (lambda: Choice(()), "at least one value"),
+    (lambda: validate_space({"lr": Uniform(-0.1, 0.1)}), "lr: value -0.1 is invalid, expected > 0"),
+    (lambda: validate_space({"dropout": Uniform(0.2, 1.0)}), r"dropout: value 1.0 is invalid, expected in \[0, 1\)"),
+    (lambda: validate_space({"optimizer": Choice(("Adam", "Lion"))}), "'Lion' is invalid, expected one of Adam"),
+    (lambda: validate_space({"momentum": Uniform(0, 1)}), "unknown hyper-parameter 'momentum'"),
+    (lambda: validate_space({}), "empty"),
+])
+def test_bad_spaces_are_refused_with_the_dimension_named(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_trial_config_applies_model_fields_and_batch_size():
+    c = trial_config(smoke(), {"conv_sizes": (4, 8), "lr": 0.01, "batch_size": 32, "dropout": 0.1})
+    assert c.model.conv_sizes == (4, 8) and c.model.lr == 0.01 and c.model.dropout == 0.1
+    assert c.batch_size == 32 and c.epochs == smoke().epochs
+
+
+def test_makespan_bounds_and_round_robin():
+    # one long task and many short ones: round-robin piles short tasks behind the long one
+    t = [10.0] + [1.0] * 9
+    m = makespan_analysis(t, engines=2, measured=10.5)
+    assert m["lower_bound"] == 10.0  # max(19 / 2, 10)
+    assert m["round_robin"] == 10 + 4  # engine 0 gets tasks 0, 2, 4, 6, 8
+    assert m["greedy"] == 10.0  # the free engine takes all the short ones
+    assert m["measured_over_lower_bound"] == pytest.approx(1.05)
+    with pytest.raises(ValueError):
+        makespan_analysis([], engines=2)
