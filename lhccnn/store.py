@@ -58,6 +58,16 @@ class Store:
         _write_json(d / "status.json", {"status": "queued", "updated": time.time(), "attempt": 0})
         return trial_id
 
+    def update_config(self, trial_id: str, changes: dict) -> dict:
+        """Change some hyper-parameters of a trial (before a restart); the old values are kept
+        in the config's "history" so the lineage stays visible."""
+        config = self.config(trial_id)
+        old = {k: config.get(k) for k in changes}
+        config = {**config, **changes,
+                  "history": config.get("history", []) + [{"time": time.time(), "was": old}]}
+        _write_json(self.trial_dir(trial_id) / "config.json", config)
+        return config
+
     def trial_ids(self) -> list[str]:
         return sorted(p.name for p in (self.root / "trials").iterdir()
                       if p.is_dir() and (p / "config.json").exists())
@@ -100,6 +110,19 @@ class Store:
         row["seconds"] = st.get("seconds")
         row.update(self.config(trial_id) or {})
         return row
+
+    def signature(self) -> tuple:
+        """Cheap to compute, and it changes whenever any trial's status or metrics change:
+        a poller re-reads the study only then."""
+        sig = []
+        for d in sorted((self.root / "trials").iterdir()):
+            for name in ("config.json", "status.json", "metrics.jsonl"):
+                try:
+                    st = (d / name).stat()
+                    sig.append((d.name, name, st.st_mtime_ns, st.st_size))
+                except FileNotFoundError:
+                    pass
+        return tuple(sig)
 
     def dataframe(self):
         """All trials as a pandas DataFrame, one row each (see `summary`)."""

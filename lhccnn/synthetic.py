@@ -325,6 +325,7 @@ def write_file(path, n: int, seed: int, signal_fraction: float = 0.43, chunk: in
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     chunk_blocks = max(1, chunk // BLOCK)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with h5py.File(tmp, "w") as f:

@@ -55,3 +55,14 @@ def test_03_random_search_hpo(slurm, tiny_data, tmp_path, monkeypatch):
     m = rec["makespan"]
     assert m["lower_bound"] <= m["measured"] < 2 * m["lower_bound"]  # sanity; target is 1.10
     assert slurm_cli.queue() == []
+
+
+def test_04_widget_hpo_steers_a_trial(slurm, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("LHCCNN_DATA_DIR", str(tiny_data))
+    out = run("04_widget_hpo.ipynb", tmp_path)
+    rec = json.loads((out / "04_widget_hpo.json").read_text())
+    assert rec["n_trials"] == 3 and sum(rec["statuses"].values()) == 3
+    assert set(rec["statuses"]) <= {"completed", "diverged"}  # nothing left stopped or running
+    assert rec["steered_attempts"] == 2  # stopped, then restarted from its checkpoint
+    assert rec["steered_epochs"] == list(range(1, 7))  # resumed: no epoch lost or repeated
+    assert slurm_cli.queue() == []

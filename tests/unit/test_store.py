@@ -62,3 +62,15 @@ def test_dataframe_reads_back_a_study_from_disk(tmp_path):
     assert list(df.index) == [a, b]
     assert df.loc[a, "status"] == "completed" and df.loc[a, "val_accuracy"] == 0.8
     assert df.loc[b, "status"] == "queued" and df.loc[b, "lr"] == 0.01
+
+
+def test_signature_changes_with_any_trial_update_only(tmp_path):
+    store = Store(tmp_path)
+    t = store.create_trial({"lr": 0.1})
+    before = store.signature()
+    assert store.signature() == before
+    store.append_metrics(t, {"epoch": 1, "loss": 0.5})
+    after_metrics = store.signature()
+    assert after_metrics != before
+    store.set_status(t, "completed")
+    assert store.signature() != after_metrics

@@ -1,0 +1,305 @@
+"""A live HPO dashboard: a qgrid table of trials, bqplot curves, and buttons that really steer.
+
+Everything shown is read from the trial store, so a new Dashboard on an existing study (after a
+kernel restart, say) shows it all again. Stop is cooperative first (a flag the trial checks after
+every batch) with a hard interrupt of the engine as the fallback; Restart resumes from the
+trial's checkpoint; Add trial submits a new configuration. A background thread polls the store
+and only sets widget values (safe from a thread with ipykernel >= 7.1).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+
+import pandas as pd
+
+from .config import OPTIMIZERS, TrainConfig
+from .hpo import Choice, run_trial, validate_space
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["status", "engine", "epoch", "loss", "val_loss", "val_accuracy", "seconds", "attempt",
+           "optimizer", "lr", "dropout", "batch_size", "conv_sizes", "dense_sizes"]
+# show_grid merges these into qgrid's defaults (a partial grid_options dict given to
+# QgridWidget directly replaces them, and the body then renders with zero height)
+GRID_OPTIONS = {"editable": False, "forceFitColumns": False, "defaultColumnWidth": 90,
+                "maxVisibleRows": 12, "minVisibleRows": 4}
+# changing these on a restart would not fit the checkpoint's weights
+ARCHITECTURE = ("conv_sizes", "dense_sizes")
+NUMERIC_HYPER = ("lr", "dropout", "batch_size")
+
+
+class Dashboard:
+    """Steer and watch a study. `view` is a load-balanced view; `base` the trials' TrainConfig."""
+
+    def __init__(self, store: Store, view=None, base: TrainConfig | None = None, data=None,
+                 poll: float = 1.0, n_test: int | None = 2048):
+        import bqplot as bq
+        import ipywidgets as w
+        import qgridnext
+
+        self.store, self.view, self.base, self.data = store, view, base or TrainConfig(), data
+        self.poll, self.n_test = poll, n_test
+        self.futures: dict = {}  # trial id -> AsyncResult of its latest submission
+        self.selected: str | None = None
+        self._stop_polling = threading.Event()
+        self._thread = None
+
+        self._shown = self.frame()  # what the grid shows now: refresh sends only the changes
+        self.table = qgridnext.show_grid(self._shown, show_toolbar=False,
+                                         grid_options=GRID_OPTIONS)
+        self.table.on("selection_changed", self._on_select)
+
+        # the selected trial's curves: loss (left axis) and validation accuracy (right axis)
+        xs = bq.LinearScale()
+        ys_loss, ys_acc = bq.LinearScale(), bq.LinearScale(min=0.4, max=1.0)
+        self.loss_lines = bq.Lines(x=[], y=[], scales={"x": xs, "y": ys_loss},
+                                   labels=["loss", "val_loss"], colors=["#1f77b4", "#ff7f0e"],
+                                   display_legend=True, marker="circle")
+        self.acc_line = bq.Lines(x=[], y=[], scales={"x": xs, "y": ys_acc}, colors=["#2ca02c"],
+                                 labels=["val_accuracy"], display_legend=True, marker="square")
+        self.curves = bq.Figure(
+            marks=[self.loss_lines, self.acc_line], title="click a trial in the table",
+            axes=[bq.Axis(scale=xs, label="epoch"),
+                  bq.Axis(scale=ys_loss, orientation="vertical", label="loss"),
+                  bq.Axis(scale=ys_acc, orientation="vertical", side="right", label="val accuracy")],
+            layout=w.Layout(width="50%", height="320px"), legend_location="top-right")
+
+        # every trial: its best validation accuracy against a chosen hyper-parameter
+        self.hyper = w.Dropdown(options=NUMERIC_HYPER, value="lr", description="x axis")
+        self._xscale_log, self._xscale_lin = bq.LogScale(), bq.LinearScale()
+        ys = bq.LinearScale(min=0.4, max=1.0)
+        self.points = bq.Scatter(x=[], y=[], scales={"x": self._xscale_log, "y": ys},
+                                 default_size=40, colors=["#9467bd"])
+        self._x_axis = bq.Axis(scale=self._xscale_log, label="lr")
+        self.scatter = bq.Figure(marks=[self.points], title="all trials",
+                                 axes=[self._x_axis, bq.Axis(scale=ys, orientation="vertical",
+                                                             label="best val accuracy")],
+                                 layout=w.Layout(width="50%", height="320px"))
+        self.hyper.observe(lambda change: self._refresh_scatter(), "value")
+
+        # steering
+        self.stop_button = w.Button(description="Stop selected", button_style="danger", icon="stop")
+        self.restart_button = w.Button(description="Restart selected", icon="refresh")
+        self.add_button = w.Button(description="Add trial", button_style="success", icon="plus")
+        self.form_lr = w.FloatLogSlider(value=1e-3, base=10, min=-5, max=-1, description="lr",
+                                        readout_format=".1e")
+        self.form_dropout = w.FloatSlider(value=0.5, min=0.0, max=0.9, step=0.05, description="dropout")
+        self.form_opt = w.Dropdown(options=OPTIMIZERS, value="Adam", description="optimizer")
+        self.message = w.HTML()
+        self.stop_button.on_click(lambda b: self._ui(self.stop, self.selected))
+        self.restart_button.on_click(lambda b: self._ui(self.restart, self.selected,
+                                                        **self._form()))
+        self.add_button.on_click(lambda b: self._ui(self.add, self._form()))
+        self.widget = w.VBox([
+            self.table,
+            w.HBox([self.stop_button, self.restart_button, self.add_button, self.message]),
+            w.HBox([self.form_lr, self.form_dropout, self.form_opt]),
+            w.HBox([self.curves, w.VBox([self.hyper, self.scatter],
+                                        layout=w.Layout(width="50%"))]),
+        ])
+
+    # ------------------------------------------------------------------ display and polling
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+    def start(self) -> "Dashboard":
+        """Start the background poller (idempotent)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop_polling.clear()
+            self._thread = threading.Thread(target=self._poll_loop, daemon=True,
+                                            name="lhccnn-dashboard")
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop_polling.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _poll_loop(self):
+        seen = None
+        while not self._stop_polling.wait(self.poll):
+            try:
+                sig = self.store.signature()
+                if sig != seen:  # re-read only what changed: the poller must not slow training
+                    self.refresh()
+                    seen = sig
+            except Exception as e:  # a half-written file, a closed widget: try again next time
+                log.debug("dashboard refresh: %s", e)
+
+    def frame(self) -> pd.DataFrame:
+        df = self.store.dataframe()
+        if df.empty:
+            return pd.DataFrame(columns=COLUMNS, index=pd.Index([], name="trial"))
+        for c in COLUMNS:
+            if c not in df:
+                df[c] = None
+        df = df[COLUMNS].copy()
+        for c in ("conv_sizes", "dense_sizes"):  # lists do not sort or display well in a grid
+            df[c] = df[c].map(lambda v: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+        return df.round({"loss": 4, "val_loss": 4, "val_accuracy": 4, "seconds": 1})
+
+    def refresh(self) -> None:
+        """Read the store once; update the table's changed cells, the curves and the scatter."""
+        new, old = self.frame(), self._shown
+        if list(new.index) != list(old.index) or list(new.columns) != list(old.columns):
+            self.table.df = new  # trials added: replace (the selection is restored below)
+            if self.selected in new.index:
+                self.table.change_selection([self.selected])
+        else:
+            for t in new.index:
+                for c in new.columns:
+                    a, b = new.at[t, c], old.at[t, c]
+                    if not _same(a, b):
+                        self.table.edit_cell(t, c, a)
+        self._shown = new
+        self._refresh_curves()
+        self._refresh_scatter(new)
+
+    def _refresh_curves(self):
+        t = self.selected
+        if t is None:
+            return
+        ms = self.store.metrics(t)
+        epochs = [m["epoch"] for m in ms]
+        self.loss_lines.x = epochs
+        self.loss_lines.y = [[m.get("loss") for m in ms], [m.get("val_loss") for m in ms]]
+        self.acc_line.x = epochs
+        self.acc_line.y = [m.get("val_accuracy") for m in ms]
+        self.curves.title = f"{t}: {self.store.status(t).get('status')}"
+
+    def _refresh_scatter(self, df=None):
+        df = self.frame() if df is None else df
+        key = self.hyper.value
+        done = df[df["val_accuracy"].notna()]
+        self._x_axis.label = key
+        scale = self._xscale_log if key == "lr" else self._xscale_lin
+        if self.points.scales["x"] is not scale:
+            self.points.scales = {**self.points.scales, "x": scale}
+            self._x_axis.scale = scale
+        self.points.x = done[key].astype(float).tolist()
+        self.points.y = done["val_accuracy"].astype(float).tolist()
+
+    def _on_select(self, event, grid):
+        rows = event["new"]
+        self.selected = grid.get_selected_df().index[0] if rows else None
+        self._refresh_curves()
+
+    def shown(self) -> pd.DataFrame:
+        """The table as the grid shows it now."""
+        return self.table.get_changed_df()
+
+    def select(self, trial_id: str) -> None:
+        """Select a trial as a click on its row would (for scripts and tests)."""
+        self.table.change_selection([trial_id])
+
+    # ------------------------------------------------------------------ steering
+    def _ui(self, action, *args, **kwargs):
+        """Run a button's action, showing its outcome (or error) next to the buttons."""
+        try:
+            self.message.value = f"<span style='color:green'>{action(*args, **kwargs)}</span>"
+        except Exception as e:
+            self.message.value = f"<span style='color:#b00'>{e}</span>"
+
+    def _form(self) -> dict:
+        return {"lr": self.form_lr.value, "dropout": self.form_dropout.value,
+                "optimizer": self.form_opt.value}
+
+    def _need_view(self):
+        if self.view is None:
+            raise RuntimeError("no engines: give the Dashboard a load-balanced view to run trials")
+
+    def submit(self, trial_ids) -> None:
+        self._need_view()
+        data = str(self.data) if self.data else None
+        with self.view.temp_flags(retries=2):
+            for t in trial_ids:
+                self.futures[t] = self.view.apply_async(run_trial, str(self.store.root), t,
+                                                        self.base, data, self.n_test)
+
+    def stop(self, trial_id: str | None, hard_after: float = 60.0) -> str:
+        """Stop a trial: abort it if still queued; else ask it to stop, and interrupt its engine
+        if it has not stopped after `hard_after` seconds (a hung trial)."""
+        if trial_id is None:
+            raise ValueError("select a trial first")
+        st = self.store.status(trial_id)
+        fut = self.futures.get(trial_id)
+        if st["status"] == "queued":
+            if fut is not None and not fut.ready():
+                fut.abort()
+            self.store.set_status(trial_id, "stopped", reason="aborted before it started")
+            return f"{trial_id} aborted before it started"
+        if st["status"] != "running":
+            raise ValueError(f"{trial_id} is {st['status']}, not running")
+        self.store.request_stop(trial_id)
+        deadline = time.monotonic() + hard_after
+        while time.monotonic() < deadline:
+            if self.store.status(trial_id)["status"] != "running":
+                return f"{trial_id} stopped after epoch {len(self.store.metrics(trial_id))}"
+            time.sleep(0.2)
+        # the cooperative stop went unanswered: interrupt the engine, which stays usable
+        if fut is not None and st.get("engine") is not None:
+            fut._client.send_signal(signal.SIGINT, targets=[st["engine"]], block=True)
+        self.store.clear_stop(trial_id)
+        self.store.set_status(trial_id, "stopped", reason=f"interrupted after {hard_after:.0f} s")
+        return f"{trial_id} did not stop within {hard_after:.0f} s: its engine was interrupted"
+
+    def restart(self, trial_id: str | None, **changes) -> str:
+        """Resume a stopped (or failed) trial from its checkpoint, optionally with new values of
+        non-architecture hyper-parameters (lr, dropout, optimizer, batch size)."""
+        if trial_id is None:
+            raise ValueError("select a trial first")
+        st = self.store.status(trial_id)["status"]
+        if st in ("running", "queued"):
+            raise ValueError(f"{trial_id} is {st}: stop it first")
+        config = self.store.config(trial_id)
+        changed = {k: v for k, v in changes.items() if config.get(k, v) != v or k not in config}
+        bad = [k for k in changed if k in ARCHITECTURE]
+        if bad:
+            raise ValueError(f"cannot change {', '.join(bad)} on a restart: the checkpoint's "
+                             "weights would not fit; add a new trial instead")
+        _check_values(changed)
+        if changed:
+            self.store.update_config(trial_id, changed)
+        self.store.set_status(trial_id, "queued")
+        self.submit([trial_id])
+        edits = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in changed.items())
+        return f"{trial_id} restarted from its checkpoint" + (f" with {edits}" if edits else "")
+
+    def add(self, hyper: dict) -> str:
+        """A new trial with these hyper-parameters, submitted at once."""
+        _check_values(hyper)
+        trial_id = self.store.create_trial(dict(hyper))
+        self.submit([trial_id])
+        return f"{trial_id} added"
+
+    def wait(self, trial_ids=None, timeout: float = 600) -> None:
+        """Block until the given (default: all submitted) trials' tasks have ended."""
+        deadline = time.monotonic() + timeout
+        for t in trial_ids or list(self.futures):
+            fut = self.futures.get(t)
+            if fut is not None:
+                fut.wait(max(0.0, deadline - time.monotonic()))
+
+
+def _check_values(hyper: dict) -> None:
+    """The search space's checks, applied to single values from the form or a restart."""
+    validate_space({k: Choice((v,)) for k, v in hyper.items()} or {"lr": Choice((1e-3,))})
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    try:
+        return bool(a == b) or (pd.isna(a) and pd.isna(b))
+    except (TypeError, ValueError):
+        return False
