@@ -37,8 +37,9 @@ $(VENV)/.installed: constraints.txt pyproject.toml
 	@echo "== environment: $(VENV) (first time: ~10 min, mostly building Horovod)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PIP) install -q --upgrade pip setuptools wheel 2>&1 | grep -v '^WARNING: Location' || true
-	@$(PIP) install -q -c constraints.txt -e '.[tf,cluster,dev]' 2>&1 | grep -v '^WARNING: Location' || true
-	@$(PY) -c 'import tensorflow, h5py, ipyparallel' || { echo "error: the Python stack did not install (see pip's messages above)"; exit 1; }
+	@$(PIP) install -q -c constraints.txt -e '.[tf,cluster,widgets,dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -c 'import tensorflow, h5py, ipyparallel, mpi4py, bqplot, qgridnext, papermill, playwright' || { \
+	  echo "error: the Python stack did not install (see pip's messages above)"; exit 1; }
 	@$(VENV)/bin/horovodrun --check-build 2>/dev/null | grep -q '\[X\] TensorFlow' || { \
 	  echo "== building Horovod with TensorFlow, MPI and Gloo (~5 min on 2 cores)"; \
 	  $(HOROVOD_FLAGS) $(PIP) install -q --no-build-isolation -c constraints.txt horovod 2>&1 | grep -v '^WARNING: Location' || true; }

@@ -154,6 +154,9 @@ class Cluster:
             launcher_cfg = "MPIEngineSetLauncher" if spec.local and spec.mpi else (
                 "LocalEngineSetLauncher" if spec.local else "SlurmEngineSetLauncher")
             ipp_cluster.config[launcher_cfg].engine_cmd = [spec.python, "-m", "ipyparallel.engine"]
+        # a busy engine (inside TensorFlow) ignores SIGTERM for a while: do not wait 5 s for it;
+        # stop() kills what is left, so a kernel's shutdown window (5 s) suffices
+        ipp_cluster.config.LocalProcessLauncher.stop_seconds_until_kill = 1
         self = cls(spec, ipp_cluster)
         try:
             ipp_cluster.start_controller_sync()
@@ -266,16 +269,42 @@ class Cluster:
         t0 = time.monotonic()
         job = self.job_id
         self.stopped = True
+        local = self._local_processes()
         try:
             if self.client is not None:
                 self.client.close()
             self._ipp.stop_cluster_sync()
         except Exception as e:  # keep going: the allocation must be cancelled regardless
             log.warning("stopping the IPyParallel cluster: %s", e)
+        for proc in local:  # whatever outlived the polite stop (engines, nannies, mpiexec)
+            try:
+                proc.kill()
+            except Exception:  # already gone
+                pass
         if job:
             _cancel_and_wait(job)
         atexit.unregister(self.stop)
         return time.monotonic() - t0
+
+    def _local_processes(self) -> list:
+        """The processes this cluster started on this machine: controller, engines, their
+        children (nannies, mpiexec's ranks). SLURM's scancel takes care of the rest."""
+        import psutil
+
+        launchers = [self._ipp.controller]
+        for es in self._ipp.engines.values():
+            launchers += list(getattr(es, "launchers", {}).values()) or [es]
+        procs = []
+        for launcher in launchers:
+            pid = getattr(launcher, "pid", None)  # batch launchers have none: SLURM's job
+            if not pid or pid <= 0:
+                continue
+            try:
+                p = psutil.Process(pid)
+                procs += [p] + p.children(recursive=True)
+            except psutil.NoSuchProcess:
+                pass
+        return procs
 
     def __enter__(self):
         return self

@@ -76,7 +76,7 @@ class Dashboard:
         ys = bq.LinearScale(min=0.4, max=1.0)
         self.points = bq.Scatter(x=[], y=[], scales={"x": self._xscale_log, "y": ys},
                                  default_size=40, colors=["#9467bd"])
-        self._x_axis = bq.Axis(scale=self._xscale_log, label="lr")
+        self._x_axis = bq.Axis(scale=self._xscale_log, label="lr", tick_format=".0e")
         self.scatter = bq.Figure(marks=[self.points], title="all trials",
                                  axes=[self._x_axis, bq.Axis(scale=ys, orientation="vertical",
                                                              label="best val accuracy")],
@@ -143,6 +143,8 @@ class Dashboard:
             if c not in df:
                 df[c] = None
         df = df[COLUMNS].copy()
+        # engine ids are ints, but a column with gaps would show them as floats (1.0)
+        df["engine"] = df["engine"].map(lambda v: "" if pd.isna(v) else str(int(v)))
         for c in ("conv_sizes", "dense_sizes"):  # lists do not sort or display well in a grid
             df[c] = df[c].map(lambda v: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
         return df.round({"loss": 4, "val_loss": 4, "val_accuracy": 4, "seconds": 1})
@@ -181,6 +183,7 @@ class Dashboard:
         key = self.hyper.value
         done = df[df["val_accuracy"].notna()]
         self._x_axis.label = key
+        self._x_axis.tick_format = ".0e" if key == "lr" else ""
         scale = self._xscale_log if key == "lr" else self._xscale_lin
         if self.points.scales["x"] is not scale:
             self.points.scales = {**self.points.scales, "x": scale}

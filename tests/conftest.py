@@ -33,6 +33,15 @@ def tiny_data(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.fixture(scope="module")
+def local_engines():
+    """Two IPyParallel engines on this machine (no SLURM), for one test module."""
+    from lhccnn.cluster import Cluster, ClusterSpec
+
+    with Cluster.start(ClusterSpec(local=True, engines=2, wait=60)) as cluster:
+        yield cluster
+
+
 def _slurm_env() -> dict:
     env = dict(os.environ)
     env.setdefault("SLURM_CONF", str(REPO / ".minislurm" / "slurm.conf"))

@@ -5,7 +5,6 @@ the same Horovod training from the notebook path (IPyParallel engines) and as a 
 1, 2 and 4 workers. Targets are printed beside the figures; the assertions are sanity checks.
 """
 
-import json
 import os
 import statistics
 import time
@@ -14,9 +13,8 @@ import pytest
 
 from lhccnn import scaling
 from lhccnn.cluster import Cluster, ClusterSpec
-from lhccnn.config import REPO, TrainConfig, data_dir
+from lhccnn.config import TrainConfig, results_dir
 
-RESULTS = REPO / "results"
 TARGETS = {"start_median_s": "<= 30", "stop_median_s": "<= 10", "per_task_ms": "<= 10",
            "notebook_over_batch": ">= 0.97", "efficiency_2_workers": ">= 0.90"}
 RECORD: dict = {}
@@ -25,14 +23,9 @@ FULL = os.environ.get("LHCCNN_BENCH") == "full"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def record():
+def record(write_record):
     yield
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_cluster.json").write_text(json.dumps(
-        {"targets": TARGETS, "figures": RECORD}, indent=1, default=float))
-    print("\ncluster benchmarks (results/bench_cluster.json):")
-    for k, v in RECORD.items():
-        print(f"  {k:<28} {v}" + (f"   (target {TARGETS[k]})" if k in TARGETS else ""))
+    write_record("bench_cluster", "cluster benchmarks", TARGETS, RECORD)
 
 
 def test_start_stop_and_scheduling_overhead(slurm):
@@ -58,7 +51,7 @@ def test_notebook_against_batch_at_1_2_4_workers(slurm):
     config = TrainConfig(n_val=2048, epochs=6 if FULL else 4, warmup_epochs=1.0,
                          lr_scaling="linear")
     rows = scaling.study(config, workers=(1, 2, 4), per_worker=4096 if FULL else 2048,
-                         out_root=RESULTS / "scaling", n_test=2048, repeats=2,
+                         out_root=results_dir() / "scaling", n_test=2048, repeats=2,
                          progress=lambda line: None)
     RECORD["size"] = "full" if FULL else "ci"
     r = scaling.ratios(rows)

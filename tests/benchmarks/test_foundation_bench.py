@@ -11,14 +11,11 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from lhccnn.config import data_dir
 
-REPO = Path(__file__).resolve().parents[2]
-RESULTS = REPO / "results"
 # Per-rank work is the same in every training run: 8192 events, 3 epochs; epoch 1 (graph
 # tracing) is excluded by train.py, which reports the median of the later epochs.
 EVENTS_PER_RANK, EPOCHS, REPEATS = 8192, 4, 3
@@ -40,19 +37,11 @@ def _train(tmp_path, name, *args, ranks=1):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def record():
+def record(write_record):
     if not (data_dir() / "train.h5").exists():
         pytest.fail(f"no dataset in {data_dir()}: run `make data`")
     yield
-    RESULTS.mkdir(exist_ok=True)
-    machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
-    (RESULTS / "bench.json").write_text(json.dumps({"machine": machine, "targets": TARGETS,
-                                                     "figures": RECORD}, indent=1))
-    width = max(map(len, RECORD))
-    lines = [f"  {k:<{width}}  {v:10.3f}" + (f"   (target >= {TARGETS[k]})" if k in TARGETS else "")
-             for k, v in RECORD.items()]
-    print("\nbenchmarks (results/bench.json):\n" + "\n".join(lines))
+    write_record("bench", "benchmarks", TARGETS, RECORD)
 
 
 def test_generator_events_per_second():

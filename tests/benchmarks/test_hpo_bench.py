@@ -1,45 +1,32 @@
 """HPO benchmarks (issue 4), recorded in results/bench_hpo.json: the makespan of a random search
 against its lower bound, and training speed with the dashboard polling against without it."""
 
-import json
 import statistics
 
 import pytest
 
 from lhccnn import hpo
-from lhccnn.cluster import Cluster, ClusterSpec
-from lhccnn.config import REPO, smoke
+from lhccnn.config import smoke
 from lhccnn.dashboard import Dashboard
 from lhccnn.store import Store
 
-RESULTS = REPO / "results"
 TARGETS = {"makespan_over_lower_bound": "<= 1.10", "dashboard_over_plain": ">= 0.98"}
 RECORD: dict = {}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def record():
+def record(write_record):
     yield
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_hpo.json").write_text(json.dumps({"targets": TARGETS, "figures": RECORD},
-                                                       indent=1, default=float))
-    print("\nHPO benchmarks (results/bench_hpo.json):")
-    for k, v in RECORD.items():
-        print(f"  {k:<28} {v}" + (f"   (target {TARGETS[k]})" if k in TARGETS else ""))
+    write_record("bench_hpo", "HPO benchmarks", TARGETS, RECORD)
 
 
-@pytest.fixture(scope="module")
-def engines():
-    with Cluster.start(ClusterSpec(local=True, engines=2, wait=60)) as cluster:
-        yield cluster
-
-
-def test_random_search_makespan_against_lower_bound(engines, tmp_path):
+def test_random_search_makespan_against_lower_bound(local_engines, tmp_path):
     store = Store(tmp_path / "study")
     # many short trials: with few long ones no schedule can come near the bound
     base = smoke().replace(n_train=2048, n_val=512, epochs=2)
-    hpo.random_search(engines.client.load_balanced_view(), hpo.default_space(), 16, store, base,
-                      seed=3, n_test=512, progress=False)
+    view = local_engines.client.load_balanced_view()
+    hpo.random_search(view, hpo.default_space(), 16, store, base, seed=3, n_test=512,
+                      progress=False)
     m = hpo.makespan_from_store(store, engines=2)
     RECORD.update(makespan=m, makespan_over_lower_bound=m["measured_over_lower_bound"],
                   greedy_over_lower_bound=m["greedy"] / m["lower_bound"],
@@ -47,10 +34,10 @@ def test_random_search_makespan_against_lower_bound(engines, tmp_path):
     assert m["lower_bound"] <= m["measured"] < 2 * m["lower_bound"]
 
 
-def test_training_speed_with_the_dashboard_open(engines, tmp_path):
+def test_training_speed_with_the_dashboard_open(local_engines, tmp_path):
     # the same one-engine trial, alternately with and without a dashboard polling every second
     base = smoke().replace(n_train=4096, n_val=512, epochs=4)
-    view = engines.client.load_balanced_view()
+    view = local_engines.client.load_balanced_view()
     seconds = {"plain": [], "dashboard": []}
     for rep in range(3):
         for mode in (("plain", "dashboard") if rep % 2 == 0 else ("dashboard", "plain")):

@@ -5,7 +5,6 @@ import time
 
 import pytest
 
-from lhccnn.cluster import Cluster, ClusterSpec
 from lhccnn.config import smoke
 from lhccnn.dashboard import Dashboard
 from lhccnn.store import Store
@@ -20,16 +19,10 @@ def _until(cond, timeout=90, what="condition"):
         time.sleep(0.1)
 
 
-@pytest.fixture(scope="module")
-def engines():
-    with Cluster.start(ClusterSpec(local=True, engines=2, wait=60)) as cluster:
-        yield cluster
-
-
-def test_stop_restart_add_and_live_updates(engines, tiny_data, tmp_path):
+def test_stop_restart_add_and_live_updates(local_engines, tiny_data, tmp_path):
     store = Store(tmp_path / "study")
-    dash = Dashboard(store, engines.client.load_balanced_view(), BASE, data=tiny_data, poll=0.2,
-                     n_test=256).start()
+    view = local_engines.client.load_balanced_view()
+    dash = Dashboard(store, view, BASE, data=tiny_data, poll=0.2, n_test=256).start()
     try:
         a = dash.add({"lr": 1e-3})[:10]
         b = dash.add({"lr": 2e-3})[:10]
@@ -69,9 +62,9 @@ def test_stop_restart_add_and_live_updates(engines, tiny_data, tmp_path):
     assert list(again.shown()["status"]) == ["completed", "completed", "stopped"]
 
 
-def test_hung_trial_is_interrupted_and_the_engine_stays_usable(engines, tiny_data, tmp_path):
+def test_hung_trial_is_interrupted_and_engine_stays_usable(local_engines, tiny_data, tmp_path):
     store = Store(tmp_path / "study")
-    dash = Dashboard(store, engines.client.load_balanced_view(), BASE.replace(epochs=200),
+    dash = Dashboard(store, local_engines.client.load_balanced_view(), BASE.replace(epochs=200),
                      data=tiny_data, n_test=256)
     t = dash.add({"lr": 1e-3})[:10]
     _until(lambda: store.status(t)["status"] == "running", what="the trial to start")
@@ -80,4 +73,4 @@ def test_hung_trial_is_interrupted_and_the_engine_stays_usable(engines, tiny_dat
     assert "interrupted" in msg and store.status(t)["status"] == "stopped"
     with pytest.raises(Exception):
         dash.futures[t].get(timeout=30)  # the task ended with KeyboardInterrupt
-    assert engines.client[engine].apply_sync(abs, -42) == 42
+    assert local_engines.client[engine].apply_sync(abs, -42) == 42
