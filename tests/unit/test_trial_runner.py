@@ -52,3 +52,18 @@ def test_nan_loss_marks_the_trial_diverged(tiny_data, tmp_path):
     t = store.create_trial({"optimizer": "SGD", "lr": 1e6})
     st = run_trial(str(tmp_path), t, BASE, str(tiny_data), n_test=256)
     assert st["status"] == "diverged" and "NaN" in st["reason"], st
+
+
+def test_a_model_predicting_only_the_majority_class_is_marked_diverged(tiny_data, tmp_path,
+                                                                      monkeypatch):
+    # the collapse the upstream 16- and 64-node runs showed: accuracy == 1 - mean(y)
+    import lhccnn.train
+
+    def collapsed(model, path, n=None, batch_size=512):
+        return {"n": 256, "accuracy": 0.5703, "majority_rate": 0.5703, "auc": 0.5}
+
+    monkeypatch.setattr(lhccnn.train, "evaluate", collapsed)
+    store = Store(tmp_path)
+    t = store.create_trial({"lr": 1e-3})
+    st = run_trial(str(tmp_path), t, BASE.replace(epochs=1), str(tiny_data), n_test=256)
+    assert st["status"] == "diverged" and "majority class" in st["reason"]
