@@ -249,8 +249,8 @@ class Dashboard:
                 return f"{trial_id} stopped after epoch {len(self.store.metrics(trial_id))}"
             time.sleep(0.2)
         # the cooperative stop went unanswered: interrupt the engine, which stays usable
-        if fut is not None and st.get("engine") is not None:
-            fut._client.send_signal(signal.SIGINT, targets=[st["engine"]], block=True)
+        if self.view is not None and st.get("engine") is not None:
+            self.view.client.send_signal(signal.SIGINT, targets=[st["engine"]], block=True)
         self.store.clear_stop(trial_id)
         self.store.set_status(trial_id, "stopped", reason=f"interrupted after {hard_after:.0f} s")
         return f"{trial_id} did not stop within {hard_after:.0f} s: its engine was interrupted"
