@@ -8,7 +8,7 @@ import os
 import socket
 import stat
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import slurm
@@ -257,9 +257,6 @@ class Cluster:
         if self.stopped:
             info["state"] = "STOPPED"
         return info
-
-    def spec_dict(self) -> dict:
-        return asdict(self.spec)
 
     # ------------------------------------------------------------------------------ stop
     def stop(self) -> float:

@@ -142,7 +142,7 @@ def run_trial(store_root: str, trial_id: str, base: TrainConfig, data: str | Non
 
     from .data import make_dataset, steps_per_epoch
     from .model import build_model
-    from .train import configure_threads, evaluate
+    from .train import collapsed, configure_threads, evaluate
 
     store = Store(store_root)
     hp = store.config(trial_id)
@@ -203,7 +203,7 @@ def run_trial(store_root: str, trial_id: str, base: TrainConfig, data: str | Non
         store.clear_stop(trial_id)
         return store.set_status(trial_id, "stopped", **_ended(end, task_started))
     end["test"] = evaluate(model, data / "test.h5", n=n_test)
-    if abs(end["test"]["accuracy"] - end["test"]["majority_rate"]) < 0.005:
+    if collapsed(end["test"]["accuracy"], end["test"]["majority_rate"]):
         return store.set_status(trial_id, "diverged", reason="predicts the majority class only",
                                 **_ended(end, task_started))
     return store.set_status(trial_id, "completed", **_ended(end, task_started))

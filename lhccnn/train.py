@@ -121,6 +121,12 @@ def _callbacks_module():
     return WarmupLR, Throughput, EpochLog
 
 
+def collapsed(accuracy: float, majority_rate: float) -> bool:
+    """The upstream failure mode: a model that predicts one class for every event scores the
+    majority-class rate, 1 - mean(y) for a background majority."""
+    return bool(abs(accuracy - majority_rate) < 0.005)
+
+
 def evaluate(model, path, n=None, batch_size=512) -> dict:
     """Accuracy and ROC AUC (unweighted and weighted by the physics weights) on one file."""
     import numpy as np
@@ -243,8 +249,7 @@ def train(config: TrainConfig, data: str | Path | None = None, out_dir: str | Pa
     if rank == 0:
         result["test"] = evaluate(model, data / "test.h5", n=n_test)
         val_acc = history.get("val_accuracy", [0.0])[-1]
-        # the upstream failure mode: predicting one class for every event
-        result["collapsed"] = bool(abs(val_acc - result["test"]["majority_rate"]) < 0.005)
+        result["collapsed"] = collapsed(val_acc, result["test"]["majority_rate"])
         if out is not None:
             atomic_json(out / "metrics.json", {k: v for k, v in result.items() if k != "history"})
             model.save_weights(str(out / "model.h5"))
