@@ -116,6 +116,7 @@ class Cluster:
         self.view = None
         self.started_seconds = None
         self.stopped = False
+        self._dask = None
 
     # ------------------------------------------------------------------------------ start
     @classmethod
@@ -258,6 +259,20 @@ class Cluster:
             info["state"] = "STOPPED"
         return info
 
+    # ------------------------------------------------------------------------------ dask
+    def dask(self, timeout: float = 60.0):
+        """A dask.distributed Client whose workers are this cluster's engines (one thread each).
+
+        ipyparallel's become_dask starts the scheduler in the controller; the engines stay
+        engines too, so %px cells and Dask tasks can share them (not at the same moment)."""
+        if self._dask is None:
+            from .pbt import warm_up_worker
+
+            self._dask = self.client.become_dask()
+            self._dask.wait_for_workers(len(self.client.ids), timeout=timeout)
+            self._dask.run(warm_up_worker)  # import TensorFlow once, before any timing
+        return self._dask
+
     # ------------------------------------------------------------------------------ stop
     def stop(self) -> float:
         """Stop engines and controller, cancel the allocation, check nothing is left. Idempotent."""
@@ -267,6 +282,12 @@ class Cluster:
         job = self.job_id
         self.stopped = True
         local = self._local_processes()
+        try:
+            if self._dask is not None:
+                self._dask.close()
+                self.client.stop_dask()
+        except Exception as e:  # a worker already gone, say: the engines are stopped below
+            log.warning("stopping Dask: %s", e)
         try:
             if self.client is not None:
                 self.client.close()

@@ -114,6 +114,26 @@ def default_space() -> dict:
     }
 
 
+def space_to_dict(space: dict) -> dict:
+    """A search space as plain JSON-able data (to keep it beside a study in the store)."""
+    return {name: {"type": type(dim).__name__, **dim.__dict__} for name, dim in space.items()}
+
+
+def space_from_dict(d: dict) -> dict:
+    """The inverse of space_to_dict."""
+    types = {t.__name__: t for t in (Choice, IntRange, Uniform, LogUniform)}
+    space = {}
+    for name, spec in d.items():
+        spec = dict(spec)
+        kind = spec.pop("type")
+        if kind not in types:
+            raise ValueError(f"search space {name}: unknown dimension type {kind!r}")
+        if kind == "Choice":  # JSON made the tuples lists
+            spec["values"] = tuple(tuple(v) if isinstance(v, list) else v for v in spec["values"])
+        space[name] = types[kind](**spec)
+    return space
+
+
 def sample(space: dict, rng: np.random.Generator) -> dict:
     return {name: dim.sample(rng) for name, dim in space.items()}
 

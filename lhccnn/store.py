@@ -43,16 +43,24 @@ class Store:
         return self.root / "trials" / trial_id
 
     # ------------------------------------------------------------------ creating trials
-    def create_trial(self, config: dict) -> str:
-        """A new trial with the next free id (trial-0001, ...); safe against concurrent creators."""
-        n = len(self.trial_ids()) + 1
-        while True:
-            trial_id = f"trial-{n:04d}"
-            try:
-                self.trial_dir(trial_id).mkdir()  # atomic: two creators never share an id
-                break
-            except FileExistsError:
-                n += 1
+    def create_trial(self, config: dict, trial_id: str | None = None) -> str:
+        """A new trial with the next free id (trial-0001, ...); safe against concurrent creators.
+
+        With an explicit `trial_id` (PBT names members g003-m01) an existing trial of that id
+        is kept as it is, so re-creating a generation after a crash changes nothing."""
+        if trial_id is not None:
+            if (self.trial_dir(trial_id) / "config.json").exists():
+                return trial_id
+            self.trial_dir(trial_id).mkdir(exist_ok=True)
+        else:
+            n = len(self.trial_ids()) + 1
+            while True:
+                trial_id = f"trial-{n:04d}"
+                try:
+                    self.trial_dir(trial_id).mkdir()  # atomic: two creators never share an id
+                    break
+                except FileExistsError:
+                    n += 1
         d = self.trial_dir(trial_id)
         _write_json(d / "config.json", config)
         _write_json(d / "status.json", {"status": "queued", "updated": time.time(), "attempt": 0})

@@ -42,6 +42,12 @@ def local_engines():
         yield cluster
 
 
+@pytest.fixture(scope="module")
+def local_dask(local_engines):
+    """A Dask client whose two workers are the module's local engines (become_dask)."""
+    return local_engines.dask()
+
+
 def _slurm_env() -> dict:
     env = dict(os.environ)
     env.setdefault("SLURM_CONF", str(REPO / ".minislurm" / "slurm.conf"))

@@ -1,0 +1,550 @@
+"""Population-based training: generations of members bred by a genetic algorithm, run on Dask.
+
+A generation is P members, each trained k epochs from the weights it inherited. At its end every
+member has a figure of merit (validation loss); lhccnn.ga breeds the next generation: the elite
+carry on, the others are children of fitness-drawn parents, crossed over and mutated, starting
+from the fitter parent's checkpoint. Everything is kept in a trial store (one trial per member
+per generation, named g003-m01), so the lineage is on disk and a restarted kernel resumes at
+the next generation with the same state. Breeding for generation g draws from a generator
+seeded with (seed, g), and each member's training from (seed, g, member): two runs with one seed
+and one steering schedule give the same lineage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import ga
+from .config import TrainConfig, data_dir
+from .hpo import Choice, LogUniform, Uniform, space_from_dict, space_to_dict, trial_config, validate_space
+from .store import Store, _read_json, _write_json
+
+log = logging.getLogger(__name__)
+
+
+def default_space() -> dict:
+    """What may change along a lineage: not the architecture, whose weights are inherited."""
+    return {
+        "lr": LogUniform(1e-4, 3e-2),
+        "dropout": Uniform(0.0, 0.7),
+        "optimizer": Choice(("Adam", "Nadam", "RMSprop", "SGD")),
+    }
+
+
+@dataclass(frozen=True)
+class PBTConfig:
+    """A run's shape. The paper: population 100, 100 generations, mutation 0.05, crossover 0.33;
+    small populations need more mutation to keep exploring."""
+
+    population: int = 8
+    generations: int = 8
+    epochs_per_generation: int = 1
+    mutation_rate: float = 0.2
+    crossover_rate: float = 0.33
+    n_elite: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        check_steering(population=self.population, mutation_rate=self.mutation_rate,
+                       crossover_rate=self.crossover_rate)
+        for name in ("generations", "epochs_per_generation"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.n_elite < self.population:
+            raise ValueError(f"n_elite must be in [0, population), got {self.n_elite}")
+
+
+# ---------------------------------------------------------------------------- steering
+STEERABLE = ("mutation_rate", "crossover_rate", "population", "paused", "stopped")
+
+
+def check_steering(**values) -> None:
+    """Refuse bad steering values with a message that names the knob and what it must be."""
+    for key, v in values.items():
+        if key not in STEERABLE:
+            raise ValueError(f"unknown steering knob {key!r}; valid: {', '.join(STEERABLE)}")
+        if key in ("mutation_rate", "crossover_rate"):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise ValueError(f"{key} must be a number in [0, 1], got {v!r}")
+        elif key == "population":
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 2:
+                raise ValueError(f"population must be an integer >= 2, got {v!r}")
+        elif not isinstance(v, bool):
+            raise ValueError(f"{key} must be True or False, got {v!r}")
+
+
+class Steering:
+    """The knobs a user turns while a run goes on, kept in the store (steering.json).
+
+    `set()` checks and records a request at once; the loop applies it at the next generation
+    boundary and logs both (steering.jsonl: time, generation, values). Any process can steer
+    a run: a widget in the notebook, or a script beside it.
+    """
+
+    def __init__(self, root: Path):
+        self.path = Path(root) / "steering.json"
+        self.log_path = Path(root) / "steering.jsonl"
+
+    def values(self) -> dict:
+        return _read_json(self.path, {})
+
+    def set(self, **changes) -> dict:
+        check_steering(**changes)
+        values = {**self.values(), **changes}
+        _write_json(self.path, values)
+        self._log({"event": "requested", **changes})
+        return values
+
+    def pause(self):
+        return self.set(paused=True)
+
+    def resume(self):
+        return self.set(paused=False)
+
+    def stop(self):
+        return self.set(stopped=True)
+
+    def events(self) -> list[dict]:
+        try:
+            return [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
+        except FileNotFoundError:
+            return []
+
+    def _log(self, row: dict) -> None:
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps({"time": time.time(), **row}) + "\n")
+
+
+# ---------------------------------------------------------------------------- checkpoints
+class CheckpointError(RuntimeError):
+    pass
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(model, path: Path) -> str:
+    """Write the weights through a temp file and rename (atomic); returns the file's sha256."""
+    tmp = path.with_name(".checkpoint.tmp.h5")
+    model.save_weights(str(tmp))
+    digest = file_sha256(tmp)
+    tmp.replace(path)
+    return digest
+
+
+def verify_checkpoint(store: Store, trial_id: str) -> Path:
+    """The trial's checkpoint, if it is there and its sha256 is the one recorded when it was
+    written; CheckpointError saying what is wrong otherwise."""
+    path = store.checkpoint(trial_id)
+    expected = store.status(trial_id).get("sha256")
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing")
+    if expected is None:
+        raise CheckpointError(f"{path}: no sha256 recorded for it (never finished writing)")
+    actual = file_sha256(path)
+    if actual != expected:
+        raise CheckpointError(f"{path}: sha256 {actual[:12]}… is not the recorded {expected[:12]}… "
+                              f"(corrupt or truncated, {path.stat().st_size} bytes)")
+    return path
+
+
+def load_inherited(model, store: Store, trial_id: str | None) -> tuple[str | None, list[str]]:
+    """Load the weights of `trial_id`; if its checkpoint is bad, its parent's previous one, and so
+    on up the lineage. Returns (the trial whose weights were loaded or None, the warnings)."""
+    warned = []
+    while trial_id is not None:
+        try:
+            model.load_weights(str(verify_checkpoint(store, trial_id)))
+            return trial_id, warned
+        except (CheckpointError, OSError, ValueError) as e:
+            parent = (store.config(trial_id) or {}).get("inherit")
+            msg = f"checkpoint of {trial_id} unusable ({e}); falling back to " + (
+                f"its parent's {parent}" if parent else "fresh weights")
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            log.warning(msg)
+            warned.append(msg)
+            trial_id = parent
+    return None, warned
+
+
+# ---------------------------------------------------------------------------- one member
+def member_seed(seed: int, generation: int, member: int) -> int:
+    return int(np.random.SeedSequence([seed, generation, member]).generate_state(1)[0] % 2**31)
+
+
+def train_member(store_root: str, trial_id: str, base: TrainConfig, data: str | None = None,
+                 epochs: int = 1, seed: int = 0) -> dict:
+    """Train one member for `epochs` epochs from its inherited weights (on a Dask worker).
+
+    Writes per-epoch metrics, the checkpoint (atomically, with its sha256) and the status with
+    the figure of merit (val_loss) and the time spent on each part. A retry of a member that
+    already finished (its worker died after the work was done) returns the recorded result.
+    """
+    task_started = time.time()
+    import tensorflow as tf
+
+    from .data import make_dataset, steps_per_epoch
+    from .model import build_model
+    from .train import configure_threads
+
+    store = Store(store_root)
+    cfg, st = store.config(trial_id), store.status(trial_id)
+    if st.get("status") == "completed":
+        try:
+            verify_checkpoint(store, trial_id)
+            return st
+        except CheckpointError:
+            pass  # train it again
+    generation, member = cfg["generation"], cfg["member"]
+    hp = {k: v for k, v in cfg.items() if k not in LINEAGE_KEYS}
+    config = trial_config(base, hp).replace(epochs=epochs, seed=member_seed(seed, generation, member))
+    data = Path(data) if data else data_dir()
+    configure_threads(config.intra_threads, config.inter_threads)
+    tf.keras.utils.set_random_seed(config.seed)
+    store.start_attempt(trial_id, engine=_worker_name(), task_started=task_started)
+
+    t = time.perf_counter()
+    train_ds, shard = make_dataset(data / "train.h5", config.batch_size, n=config.n_train,
+                                   shuffle=True, seed=config.seed, streaming=config.streaming,
+                                   repeat=True)
+    val_ds, val_shard = make_dataset(data / "val.h5", config.batch_size, n=config.n_val,
+                                     shuffle=False, streaming=config.streaming, repeat=True)
+    model = build_model(config.model)
+    setup_s = time.perf_counter() - t
+
+    t = time.perf_counter()
+    loaded_from, warned = load_inherited(model, store, cfg.get("inherit"))
+    load_s = time.perf_counter() - t
+
+    first_epoch = generation * epochs  # epochs are numbered along the lineage
+
+    class ToStore(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            store.append_metrics(trial_id, {"epoch": first_epoch + epoch + 1, "time": time.time(),
+                                            **{k: float(v) for k, v in (logs or {}).items()}})
+
+    t = time.perf_counter()
+    hist = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch(shard, config.batch_size),
+                     validation_data=val_ds,
+                     validation_steps=steps_per_epoch(val_shard, config.batch_size),
+                     callbacks=[ToStore()], verbose=0)
+    train_s = time.perf_counter() - t
+    val_loss = float(hist.history["val_loss"][-1])
+
+    t = time.perf_counter()
+    digest = save_checkpoint(model, store.checkpoint(trial_id))
+    save_s = time.perf_counter() - t
+    now = time.time()
+    return store.set_status(
+        trial_id, "completed" if math.isfinite(val_loss) else "diverged", val_loss=val_loss,
+        val_accuracy=float(hist.history["val_accuracy"][-1]), sha256=digest,
+        loaded_from=loaded_from, warnings=warned, setup_s=setup_s, load_s=load_s,
+        train_s=train_s, save_s=save_s, finished=now, task_seconds=now - task_started)
+
+
+LINEAGE_KEYS = ("generation", "member", "parents", "inherit")
+
+
+def _worker_name():
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return None
+
+
+def warm_up_worker() -> str:
+    """Import TensorFlow on a worker before the first generation, so that generation's time
+    (and its overhead figure) is not the one-off import."""
+    import tensorflow as tf
+
+    return tf.__version__
+
+
+# ---------------------------------------------------------------------------- the loop
+class PBT:
+    """A PBT run kept in `root`. New: give base, space and config. Existing: `PBT(root)` reads
+    them back and `run()` resumes at the first unfinished generation."""
+
+    def __init__(self, root, base: TrainConfig | None = None, space: dict | None = None,
+                 config: PBTConfig | None = None, data=None):
+        self.root = Path(root)
+        self.store = Store(self.root)
+        self.steering = Steering(self.root)
+        meta_path = self.root / "pbt.json"
+        meta = _read_json(meta_path)
+        if meta is None:
+            space = validate_space(space or default_space())
+            meta = {"base": (base or TrainConfig()).to_dict(), "space": space_to_dict(space),
+                    "config": dataclasses.asdict(config or PBTConfig()),
+                    "data": str(data) if data else None, "created": time.time()}
+            _write_json(meta_path, meta)
+            self.steering.set(**{k: meta["config"][k] for k in
+                                 ("mutation_rate", "crossover_rate", "population")},
+                              paused=False, stopped=False)
+        else:
+            given = {"base": base and base.to_dict(), "space": space and space_to_dict(space),
+                     "config": config and dataclasses.asdict(config)}
+            for key, value in given.items():
+                if value is not None and json.loads(json.dumps(value)) != meta[key]:
+                    raise ValueError(f"{meta_path} already holds a PBT run with another {key}; "
+                                     f"open it with PBT({str(self.root)!r}) or use a new directory")
+        self.base = TrainConfig.from_dict(meta["base"])
+        self.space = space_from_dict(meta["space"])
+        self.config = PBTConfig(**meta["config"])
+        self.data = meta["data"]
+        self._thread = None
+        self._error = None
+
+    # -------------------------------------------------------------- reading the store
+    def members(self, generation: int) -> list[str]:
+        rec = _read_json(self._gen_path(generation))
+        return rec["members"] if rec else []
+
+    def generation_record(self, generation: int) -> dict | None:
+        return _read_json(self._gen_path(generation))
+
+    def finished_generations(self) -> int:
+        g = 0
+        while (self.generation_record(g) or {}).get("finished"):
+            g += 1
+        return g
+
+    def lineage(self):
+        """Every member of every generation: parents, inherited weights, hyper-parameters,
+        figure of merit and fitness (a pandas DataFrame)."""
+        import pandas as pd
+
+        rows = []
+        for g in range(self.finished_generations() + 1):
+            ids = self.members(g)
+            losses = [self.store.status(t).get("val_loss") for t in ids]
+            fit = _fitness_or_none(losses)
+            for i, t in enumerate(ids):
+                cfg, st = self.store.config(t), self.store.status(t)
+                rows.append({"trial": t, **cfg, "status": st.get("status"),
+                             "val_loss": losses[i], "fitness": fit[i] if fit is not None else None,
+                             "val_accuracy": st.get("val_accuracy")})
+        return pd.DataFrame(rows).set_index("trial") if rows else pd.DataFrame()
+
+    def history(self) -> list[dict]:
+        """Per finished generation: mean and best figure of merit, the best member, timings."""
+        out = []
+        for g in range(self.finished_generations()):
+            rec = self.generation_record(g)
+            losses = np.array([self.store.status(t).get("val_loss", np.nan) for t in rec["members"]],
+                              dtype=float)
+            ok = np.isfinite(losses)
+            best = int(np.nanargmin(np.where(ok, losses, np.nan))) if ok.any() else None
+            out.append({"generation": g, "mean_val_loss": float(np.mean(losses[ok])) if ok.any() else None,
+                        "best_val_loss": float(losses[best]) if best is not None else None,
+                        "best": rec["members"][best] if best is not None else None,
+                        **{k: rec.get(k) for k in ("wall_s", "work_s", "overhead_s",
+                                                   "overhead_fraction", "checkpoint_s", "workers")}})
+        return out
+
+    def best_lineage(self) -> list[str]:
+        """The best member of the last finished generation and its ancestors (by inherited
+        weights), oldest first: the hyper-parameter schedule that produced the best model."""
+        hist = self.history()
+        if not hist:
+            return []
+        chain, t = [], hist[-1]["best"]
+        while t is not None:
+            chain.append(t)
+            t = self.store.config(t).get("inherit")
+        return chain[::-1]
+
+    def best_fom(self) -> float:
+        """The lowest validation loss any member reached at the end of any epoch."""
+        return min((m["val_loss"] for t in self.store.trial_ids() for m in self.store.metrics(t)
+                    if math.isfinite(m.get("val_loss", math.nan))), default=math.nan)
+
+    # -------------------------------------------------------------- running
+    def run(self, client, on_generation=None, progress: bool = True, poll: float = 0.5) -> list[dict]:
+        """Run (or resume) generations until the last, or until the steering says stop.
+
+        `client` is a dask.distributed Client (from `ipyparallel.Client.become_dask()` or
+        dask-jobqueue); `on_generation(pbt, generation)` is called after each generation.
+        Returns the history."""
+        g = self.finished_generations()
+        while g < self.config.generations:
+            values = self._apply_steering(g)
+            while values.get("paused") and not values.get("stopped"):
+                time.sleep(poll)
+                values = self._apply_steering(g)
+            if values.get("stopped"):
+                log.info("stopped by steering before generation %d", g)
+                break
+            ids = self.members(g) or self._create_generation(g, values)
+            self._run_generation(client, g, ids, progress)
+            if on_generation:
+                on_generation(self, g)
+            g += 1
+        return self.history()
+
+    def start(self, client, on_generation=None) -> threading.Thread:
+        """`run` in a background thread, so the notebook stays free for the steering widgets."""
+        if self._thread and self._thread.is_alive():
+            raise RuntimeError("this PBT run is already running")
+
+        def target():
+            try:
+                self.run(client, on_generation=on_generation, progress=False)
+            except BaseException as e:  # kept for wait(), which re-raises it in the caller
+                self._error = e
+                log.exception("PBT run failed")
+
+        self._error = None
+        self._thread = threading.Thread(target=target, name="pbt", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def wait(self, timeout: float | None = None) -> list[dict]:
+        if self._thread:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise TimeoutError(f"PBT run still going after {timeout} s")
+        if self._error:
+            raise self._error
+        return self.history()
+
+    def running(self) -> bool:
+        return bool(self._thread and self._thread.is_alive())
+
+    # -------------------------------------------------------------- internals
+    def _gen_path(self, generation: int) -> Path:
+        return self.root / "generations" / f"g{generation:03d}.json"
+
+    def _apply_steering(self, g: int) -> dict:
+        """Read the steering; log what changed since the last generation that applied it."""
+        values = self.steering.values()
+        applied = [e for e in self.steering.events() if e["event"] == "applied"]
+        last = applied[-1]["values"] if applied else None
+        if values != last:
+            self.steering._log({"event": "applied", "generation": g, "values": values})
+        return values
+
+    def _create_generation(self, g: int, values: dict) -> list[str]:
+        cfg = self.config
+        size = values.get("population", cfg.population)
+        if g == 0:
+            rng = np.random.default_rng([cfg.seed, 0])
+            plan = [{"hp": ga.sample(self.space, rng), "parents": (), "inherit": None}
+                    for _ in range(size)]
+        else:
+            prev = self.members(g - 1)
+            losses = [self.store.status(t).get("val_loss", math.nan) for t in prev]
+            hps = [{k: self.store.config(t)[k] for k in self.space} for t in prev]
+            plan = ga.breed(hps, losses, self.space, np.random.default_rng([cfg.seed, g]),
+                            mutation_rate=values.get("mutation_rate", cfg.mutation_rate),
+                            crossover_rate=values.get("crossover_rate", cfg.crossover_rate),
+                            n_elite=min(cfg.n_elite, size - 1), size=size)
+            for p in plan:  # indices into the previous generation -> its trial ids
+                p["parents"] = sorted({prev[i] for i in p["parents"]})
+                p["inherit"] = prev[p["inherit"]]
+        ids = []
+        for m, p in enumerate(plan):
+            ids.append(self.store.create_trial(
+                {**p["hp"], "generation": g, "member": m, "parents": list(p["parents"]),
+                 "inherit": p["inherit"]}, trial_id=f"g{g:03d}-m{m:02d}"))
+        self._gen_path(g).parent.mkdir(exist_ok=True)
+        _write_json(self._gen_path(g), {"generation": g, "members": ids, "created": time.time(),
+                                        "steering": values})
+        return ids
+
+    def _run_generation(self, client, g: int, ids: list[str], progress: bool) -> None:
+        from distributed import as_completed
+        from tqdm.auto import tqdm
+
+        t0 = time.perf_counter()
+        todo = [t for t in ids if self.store.status(t).get("status") not in ("completed", "diverged")]
+        futures = {client.submit(train_member, str(self.root), t, self.base, self.data,
+                                 self.config.epochs_per_generation, self.config.seed,
+                                 pure=False, retries=1): t for t in todo}
+        with tqdm(total=len(ids), initial=len(ids) - len(todo), desc=f"generation {g}",
+                  unit="member", disable=not progress) as bar:
+            for f in as_completed(futures):
+                t = futures[f]
+                try:
+                    st = f.result()
+                    bar.set_postfix_str(f"{t}: val_loss {st.get('val_loss', math.nan):.4f}")
+                except Exception as e:  # a member that keeps failing gets fitness 0, the run goes on
+                    self.store.set_status(t, "failed", reason=f"{type(e).__name__}: {e}"[:500])
+                    log.warning("%s failed: %s", t, e)
+                bar.update()
+        wall = time.perf_counter() - t0
+        rec = self.generation_record(g)
+        rec.update(self._timing(ids, wall, len(client.scheduler_info()["workers"]) or 1))
+        rec["finished"] = time.time()
+        _write_json(self._gen_path(g), rec)
+
+    def _timing(self, ids, wall: float, workers: int) -> dict:
+        """Overhead of a generation as the paper counts it: checkpoint save/load and scheduling.
+        Work is what a member's task does besides checkpoints (model and data setup, training,
+        validation); overhead = wall time less the busiest worker's work."""
+        work: dict = {}
+        ckpt = setup = 0.0
+        for t in ids:
+            st = self.store.status(t)
+            if "task_seconds" in st:
+                w = st.get("engine")
+                work[w] = work.get(w, 0.0) + st["task_seconds"] - st["load_s"] - st["save_s"]
+                ckpt += st["load_s"] + st["save_s"]
+                setup += st["setup_s"]
+        busiest = max(work.values(), default=0.0)
+        return {"wall_s": wall, "work_s": busiest, "overhead_s": wall - busiest,
+                "overhead_fraction": (wall - busiest) / wall if wall > 0 else None,
+                "checkpoint_s": ckpt, "setup_s": setup, "workers": workers}
+
+
+def _fitness_or_none(losses):
+    try:
+        return ga.fitness([math.nan if v is None else v for v in losses]).tolist()
+    except ValueError:
+        return None
+
+
+def compare_with_random_search(client, root, base: TrainConfig, config: PBTConfig, seeds,
+                               space: dict | None = None, data=None, progress: bool = True) -> list[dict]:
+    """PBT against random search at equal compute, per seed: random search trains the same
+    initial population (same seed) for generations x epochs_per_generation epochs each, with no
+    breeding, so both spend the same number of epochs. Best figure of merit = lowest validation
+    loss reached at the end of any epoch."""
+    rows = []
+    for seed in seeds:
+        cfg = dataclasses.replace(config, seed=seed)
+        rs_cfg = dataclasses.replace(cfg, generations=1,
+                                     epochs_per_generation=cfg.generations * cfg.epochs_per_generation)
+        pbt = PBT(Path(root) / f"seed{seed}" / "pbt", base, space, cfg, data)
+        rs = PBT(Path(root) / f"seed{seed}" / "random", base, space, rs_cfg, data)
+        t = time.perf_counter()
+        pbt.run(client, progress=progress)
+        pbt_s = time.perf_counter() - t
+        t = time.perf_counter()
+        rs.run(client, progress=progress)
+        rs_s = time.perf_counter() - t
+        epochs = {name: sum(len(r.store.metrics(i)) for i in r.store.trial_ids())
+                  for name, r in (("pbt", pbt), ("random", rs))}
+        rows.append({"seed": seed, "pbt_best_val_loss": pbt.best_fom(),
+                     "random_best_val_loss": rs.best_fom(), "pbt_epochs": epochs["pbt"],
+                     "random_epochs": epochs["random"], "pbt_s": pbt_s, "random_s": rs_s})
+        rows[-1]["pbt_wins"] = rows[-1]["pbt_best_val_loss"] < rows[-1]["random_best_val_loss"]
+    return rows
