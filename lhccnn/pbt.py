@@ -485,6 +485,8 @@ class PBT:
                 t = futures[f]
                 try:
                     st = f.result()
+                    for msg in st.get("warnings") or []:  # raised on the worker: say it here too
+                        warnings.warn(f"{t}: {msg}", RuntimeWarning, stacklevel=2)
                     bar.set_postfix_str(f"{t}: val_loss {st.get('val_loss', math.nan):.4f}")
                 except Exception as e:  # a member that keeps failing gets fitness 0, the run goes on
                     self.store.set_status(t, "failed", reason=f"{type(e).__name__}: {e}"[:500])
