@@ -100,3 +100,55 @@ def scaling(rows: list[dict], axes=None):
     axes[1].axhline(1.0, color="0.6", ls=":")
     axes[1].set(xlabel="workers", ylabel="notebook / batch throughput", xticks=ws, ylim=(0.8, 1.2))
     return axes
+
+
+def crossover(a: dict, b: dict, child: dict, ax=None):
+    """The paper's Fig. 6: a child takes each hyper-parameter from one parent or the other."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 2.6))
+    keys = list(a)
+    colors = {"a": "#9fc5e8", "b": "#f9cb9c", "mutated": "#b6d7a8"}
+    ax.set(xlim=(-1.4, len(keys)), ylim=(-0.2, 3.2))
+    ax.axis("off")
+    for row, (name, hp) in enumerate((("parent A", a), ("parent B", b), ("child", child))):
+        y = 2 - row + (0.1 if row < 2 else -0.1)
+        ax.text(-1.3, y + 0.35, name, va="center", fontsize=10, weight="bold")
+        for i, k in enumerate(keys):
+            src = "a" if name == "parent A" else "b" if name == "parent B" else (
+                "a" if child[k] == a[k] else "b" if child[k] == b[k] else "mutated")
+            _box(ax, i, y, 0.9, 0.7, f"{k}\n{_short(hp[k])}", colors[src])
+    ax.text(len(keys) / 2 - 0.5, 3.05, "blue: from A   orange: from B   green: mutated",
+            ha="center", fontsize=8, color="0.3")
+    return ax
+
+
+def _short(v):
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def pbt_progress(history: list[dict], ax=None, label="PBT"):
+    """Mean and best figure of merit (validation loss) per generation (the paper's Fig. 7)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.8))
+    g = [h["generation"] for h in history]
+    ax.plot(g, [h["mean_val_loss"] for h in history], "o--", label=f"{label}: population mean")
+    ax.plot(g, [h["best_val_loss"] for h in history], "s-", label=f"{label}: best member")
+    ax.set(xlabel="generation", ylabel="validation loss (lower is better)", xticks=g)
+    ax.legend()
+    return ax
+
+
+def pbt_vs_random(rows: list[dict], ax=None):
+    """Best validation loss of PBT and of random search at equal compute, per seed."""
+    import numpy as np
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.8))
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [r["pbt_best_val_loss"] for r in rows], 0.4, label="PBT (GA)")
+    ax.bar(x + 0.2, [r["random_best_val_loss"] for r in rows], 0.4, label="random search")
+    ax.set(xticks=x, xticklabels=[f"seed {r['seed']}" for r in rows],
+           ylabel="best validation loss (lower is better)",
+           title=f"same epochs: {rows[0]['pbt_epochs']} each" if rows else "")
+    ax.legend()
+    return ax

@@ -66,3 +66,16 @@ def test_04_widget_hpo_steers_a_trial(slurm, tiny_data, tmp_path, monkeypatch):
     assert rec["steered_attempts"] == 2  # stopped, then restarted from its checkpoint
     assert rec["steered_epochs"] == list(range(1, 7))  # resumed: no epoch lost or repeated
     assert slurm_cli.queue() == []
+
+
+def test_05_pbt_genetic(slurm, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("LHCCNN_DATA_DIR", str(tiny_data))
+    out = run("05_pbt_genetic.ipynb", tmp_path)
+    rec = json.loads((out / "05_pbt_genetic.json").read_text())
+    hist = rec["history"]
+    assert [h["generation"] for h in hist] == [0, 1, 2]
+    assert all(h["best_val_loss"] <= h["mean_val_loss"] for h in hist)
+    assert len(rec["best_lineage"]) == 3
+    (row,) = rec["comparison"]
+    assert row["pbt_epochs"] == row["random_epochs"] == 4 * 3  # equal compute
+    assert slurm_cli.queue() == []
