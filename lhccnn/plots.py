@@ -145,10 +145,15 @@ def pbt_vs_random(rows: list[dict], ax=None):
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.8))
     x = np.arange(len(rows))
-    ax.bar(x - 0.2, [r["pbt_best_val_loss"] for r in rows], 0.4, label="PBT (GA)")
-    ax.bar(x + 0.2, [r["random_best_val_loss"] for r in rows], 0.4, label="random search")
-    ax.set(xticks=x, xticklabels=[f"seed {r['seed']}" for r in rows],
+    pbt = [r["pbt_best_val_loss"] for r in rows]
+    rs = [r["random_best_val_loss"] for r in rows]
+    for shift, values, label in ((-0.18, pbt, "PBT (GA)"), (0.18, rs, "random search")):
+        bars = ax.bar(x + shift, values, 0.34, label=label)
+        ax.bar_label(bars, fmt="%.4f", fontsize=8)
+    lo, hi = min(pbt + rs), max(pbt + rs)  # the differences are small: do not start at zero
+    ax.set(xticks=x, xticklabels=[f"seed {r['seed']}" for r in rows], xlim=(-0.7, len(rows) - 0.3),
+           ylim=(lo - 0.3 * (hi - lo) - 0.01, hi + 0.3 * (hi - lo) + 0.01),
            ylabel="best validation loss (lower is better)",
-           title=f"same epochs: {rows[0]['pbt_epochs']} each" if rows else "")
+           title=f"equal compute: {rows[0]['pbt_epochs']} epochs each" if rows else "")
     ax.legend()
     return ax
