@@ -1,0 +1,90 @@
+"""PBT's pure parts: steering checks and log, config validation, checkpoint verification and fallback."""
+
+import json
+
+import pytest
+
+from lhccnn.hpo import default_space, space_from_dict, space_to_dict
+from lhccnn.pbt import (CheckpointError, PBTConfig, Steering, check_steering, load_inherited,
+                        member_seed, save_checkpoint, verify_checkpoint)
+from lhccnn.store import Store
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"mutation_rate": -0.1}, r"mutation_rate must be a number in \[0, 1\], got -0.1"),
+    ({"crossover_rate": 1.5}, r"crossover_rate must be a number in \[0, 1\], got 1.5"),
+    ({"crossover_rate": "0.3"}, r"crossover_rate must be a number in \[0, 1\], got '0.3'"),
+    ({"population": 1}, "population must be an integer >= 2, got 1"),
+    ({"population": 2.5}, "population must be an integer >= 2, got 2.5"),
+    ({"paused": "yes"}, "paused must be True or False, got 'yes'"),
+    ({"speed": 2}, "unknown steering knob 'speed'"),
+])
+def test_invalid_steering_values_are_refused_with_the_knob_named(bad, message):
+    with pytest.raises(ValueError, match=message):
+        check_steering(**bad)
+
+
+def test_steering_is_kept_on_disk_and_every_request_logged(tmp_path):
+    s = Steering(tmp_path)
+    s.set(mutation_rate=0.1, population=4)
+    s.pause()
+    again = Steering(tmp_path)  # another process, or a restarted kernel
+    assert again.values() == {"mutation_rate": 0.1, "population": 4, "paused": True}
+    events = again.events()
+    assert [e["event"] for e in events] == ["requested", "requested"]
+    assert events[1]["paused"] is True and events[0]["time"] <= events[1]["time"]
+    with pytest.raises(ValueError):
+        again.set(population=0)
+    assert again.values()["population"] == 4  # a refused value changes nothing
+
+
+@pytest.mark.parametrize("field, value", [("generations", 0), ("epochs_per_generation", 0),
+                                          ("population", 1), ("n_elite", 8), ("mutation_rate", 2)])
+def test_pbt_config_refuses_bad_values(field, value):
+    with pytest.raises(ValueError, match=field.split("_")[0]):
+        PBTConfig(**{field: value})
+
+
+def test_member_seeds_differ_by_generation_and_member_and_repeat():
+    seeds = {member_seed(0, g, m) for g in range(5) for m in range(5)}
+    assert len(seeds) == 25 and member_seed(0, 2, 3) == member_seed(0, 2, 3)
+
+
+def test_search_space_survives_json():
+    space = default_space()
+    assert space_from_dict(json.loads(json.dumps(space_to_dict(space)))) == space
+
+
+def _model():
+    import tensorflow as tf
+
+    return tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2)])
+
+
+def test_truncated_checkpoint_is_detected_and_the_lineage_falls_back(tmp_path):
+    store = Store(tmp_path)
+    grand = store.create_trial({"inherit": None}, trial_id="g000-m00")
+    parent = store.create_trial({"inherit": grand}, trial_id="g001-m00")
+    good, bad = _model(), _model()
+    store.set_status(grand, "completed", sha256=save_checkpoint(good, store.checkpoint(grand)))
+    store.set_status(parent, "completed", sha256=save_checkpoint(bad, store.checkpoint(parent)))
+    verify_checkpoint(store, parent)
+    path = store.checkpoint(parent)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt or truncated, 100 bytes"):
+        verify_checkpoint(store, parent)
+    model = _model()
+    with pytest.warns(RuntimeWarning, match="falling back to its parent's g000-m00"):
+        loaded, warned = load_inherited(model, store, parent)
+    assert loaded == grand and len(warned) == 1
+    assert all((a == b).all() for a, b in zip(model.get_weights(), good.get_weights()))
+
+
+def test_checkpoint_without_a_recorded_hash_is_not_trusted(tmp_path):
+    store = Store(tmp_path)
+    t = store.create_trial({"inherit": None}, trial_id="g000-m00")
+    save_checkpoint(_model(), store.checkpoint(t))  # written, but the status never recorded it
+    with pytest.raises(CheckpointError, match="no sha256 recorded"):
+        verify_checkpoint(store, t)
+    with pytest.warns(RuntimeWarning, match="fresh weights"):
+        assert load_inherited(_model(), store, t)[0] is None
