@@ -21,12 +21,12 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 HOROVOD_FLAGS := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
                  HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1
 
-.PHONY: help all env system data slurm-start slurm-stop slurm-status train-batch notebooks test test-unit bench clean
+.PHONY: help all env system data slurm-start slurm-stop slurm-status train-batch notebooks book test test-unit bench clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-all: env data slurm-start train-batch  ## the main job: set up, make data, start SLURM, train with Horovod on 2 nodes
+all: env data slurm-start notebooks book  ## the main job: set up, make data, start SLURM, run the 5 notebooks, build the book
 
 system:  ## Debian packages (MPI, SLURM, munge, compiler), only those missing
 	@recipes/minislurm/install.sh
@@ -69,11 +69,14 @@ train-batch: env data slurm-start  ## sbatch the Horovod recipe on 2 nodes, wait
 	  $(PY) -m lhccnn.cli wait-job $$jid --log $(RESULTS)/lhccnn-train-$$jid.out; \
 	  $(PY) -m lhccnn.cli summary $(RESULTS)/train-$$jid
 
-notebooks: env data slurm-start  ## run the notebooks in order with papermill (SMOKE=1: tiny sizes) into results/notebooks
-	@mkdir -p $(RESULTS)/notebooks
-	@for nb in notebooks/0*.ipynb; do echo "== $$nb"; \
-	  $(PY) -m papermill --cwd notebooks $(if $(SMOKE),-p smoke True) "$$nb" "$(RESULTS)/notebooks/$$(basename $$nb)" \
-	    || { echo "error: $$nb failed; the executed copy in $(RESULTS)/notebooks shows the failing cell"; exit 1; }; done
+notebooks: env data slurm-start  ## execute the notebooks in order with papermill into book/notebooks (SMOKE=1: tiny sizes)
+	@$(PY) -m lhccnn.cli notebooks --out book/notebooks $(if $(SMOKE),--smoke)
+
+book: env  ## build the book (_config.yml, _toc.yml, book/) from the executed notebooks in book/notebooks
+	@ls book/notebooks/0*.ipynb >/dev/null 2>&1 || { \
+	  echo "error: no executed notebooks in book/notebooks: make all executes them there"; exit 1; }
+	@$(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
+	@echo "book: $(CURDIR)/_build/html/index.html"
 
 test: env data  ## the whole test suite (what CI runs); starts the mini SLURM, stops it if it was down
 	@up=0; $(SLURM) status >/dev/null 2>&1 && up=1; $(SLURM) start; rc=0; \

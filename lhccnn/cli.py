@@ -1,11 +1,14 @@
-"""Command-line glue for the Makefile and recipes: wait for a SLURM job, summarise a run."""
+"""Command-line glue for the Makefile and recipes: wait for a SLURM job, summarise a run, run the notebooks."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
+
+from .config import REPO
 
 
 def summary(run_dir: Path) -> int:
@@ -30,6 +33,31 @@ def summary(run_dir: Path) -> int:
     return 0
 
 
+def run_notebooks(out: Path, smoke: bool = False, names=None) -> int:
+    """Execute the notebooks in order with papermill into `out`; stop at the first failure and
+    say which notebook and which cell failed (the executed copy in `out` shows the traceback)."""
+    import papermill as pm
+
+    sources = sorted((REPO / "notebooks").glob("0*.ipynb"))
+    if names:
+        sources = [p for p in sources if any(p.stem.startswith(n) for n in names)]
+    out.mkdir(parents=True, exist_ok=True)
+    for src in sources:
+        print(f"== {src.name}" + (" (smoke)" if smoke else ""), flush=True)
+        t = time.perf_counter()
+        try:
+            pm.execute_notebook(src, out / src.name, cwd=str(src.parent), kernel_name="python3",
+                                parameters={"smoke": True} if smoke else {}, progress_bar=False,
+                                log_output=False)
+        except pm.PapermillExecutionError as e:
+            print(f"error: notebook {src.name} failed in cell {e.cell_index} (In [{e.exec_count}]): "
+                  f"{e.ename}: {e.evalue}\n  the executed copy shows the traceback: {out / src.name}",
+                  file=sys.stderr)
+            return 1
+        print(f"   done in {time.perf_counter() - t:.0f} s -> {out / src.name}", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lhccnn.cli", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -39,9 +67,16 @@ def main(argv=None) -> int:
     w.add_argument("--timeout", type=float, default=None, help="seconds; the job is cancelled after")
     s = sub.add_parser("summary", help="print test metrics and throughput of a training run")
     s.add_argument("run_dir", type=Path)
+    n = sub.add_parser("notebooks", help="execute the notebooks in order with papermill")
+    n.add_argument("--out", type=Path, default=REPO / "book" / "notebooks",
+                   help="where the executed copies go (default: book/notebooks, the book's chapters)")
+    n.add_argument("--smoke", action="store_true", help="tiny sizes (parameter smoke=True)")
+    n.add_argument("names", nargs="*", help="only these notebooks, by prefix (e.g. 01 05)")
     a = p.parse_args(argv)
     if a.cmd == "summary":
         return summary(a.run_dir)
+    if a.cmd == "notebooks":
+        return run_notebooks(a.out, a.smoke, a.names)
     from .slurm import SlurmError, wait_job
 
     try:

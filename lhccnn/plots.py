@@ -157,3 +157,35 @@ def pbt_vs_random(rows: list[dict], ax=None):
            title=f"equal compute: {rows[0]['pbt_epochs']} epochs each" if rows else "")
     ax.legend()
     return ax
+
+
+def study_curves(store, highlight=None, ax=None):
+    """Validation accuracy per epoch of every trial in a study: the dashboard's curves, static."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.8))
+    for t in store.trial_ids():
+        ms = store.metrics(t)
+        if not ms:
+            continue
+        bold = t == highlight
+        ax.plot([m["epoch"] for m in ms], [m.get("val_accuracy") for m in ms], "o-" if bold else ".-",
+                lw=2.5 if bold else 1, alpha=1 if bold else 0.6,
+                label=f"{t} ({store.status(t).get('status')})" + (" steered" if bold else ""))
+    ax.set(xlabel="epoch", ylabel="validation accuracy")
+    ax.legend(fontsize=7, ncol=2)
+    return ax
+
+
+def pbt_schedule(lineage, chain, keys=("lr", "dropout"), axes=None):
+    """Hyper-parameters across generations: every member (dots), the best lineage (line)."""
+    if axes is None:
+        _, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6))
+    for ax, key in zip(axes, keys):
+        ax.scatter(lineage["generation"], lineage[key].astype(float), s=18, alpha=0.5,
+                   label="population")
+        ax.plot(lineage.loc[chain, "generation"], lineage.loc[chain, key].astype(float), "o-",
+                color="#cc0000", label="best lineage")
+        ax.set(xlabel="generation", ylabel=key, yscale="log" if key == "lr" else "linear",
+               xticks=sorted(set(lineage["generation"])))
+        ax.legend(fontsize=8)
+    return axes
