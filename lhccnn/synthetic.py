@@ -62,7 +62,7 @@ def render(event, eta, phi, et, width, n_events, extra=None):
     energy, rendered as two separable outer products on a local window and scattered into the
     flat image with one bincount (much faster than a Python loop or np.add.at). phi wraps
     around: window columns beyond the edge land on the other side. Energy that falls outside
-    |eta| < 2.5 is lost, as in a detector.
+    ``|eta| < 2.5`` is lost, as in a detector.
     """
     event = np.asarray(event, np.int64)
     eta = np.clip(np.asarray(eta, np.float64), -9.0, 9.0)  # far-forward jets just miss the grid
