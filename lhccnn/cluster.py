@@ -281,6 +281,9 @@ class Cluster:
         t0 = time.monotonic()
         job = self.job_id
         self.stopped = True
+        # ipyparallel warns, with the engines' whole log, about every engine it had to SIGKILL;
+        # busy engines (TensorFlow, Dask worker threads) often need it, and we check below anyway
+        self._ipp.log.setLevel(logging.ERROR)
         local = self._local_processes()
         try:
             if self._dask is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
 os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
 
 TINY = {"train": 2048, "val": 512, "test": 512}
+BOOK_CHAPTERS = ["01_cluster_startup", "02_horovod_scaling", "03_random_search_hpo", "04_widget_hpo",
+                 "05_pbt_genetic"]
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +49,70 @@ def local_engines():
 def local_dask(local_engines):
     """A Dask client whose two workers are the module's local engines (become_dask)."""
     return local_engines.dask()
+
+
+class SmokeRuns:
+    """Each notebook executed once per session with papermill (smoke=True) on the mini SLURM:
+    the notebook tests check their records, the book tests build the book from the same copies."""
+
+    def __init__(self, root: Path, data: Path):
+        self.root, self.data = root, data
+        self.notebooks = root / "book" / "notebooks"  # the layout the book expects
+        self.results = root / "results"
+        self._done: dict = {}
+
+    def __call__(self, name: str) -> Path:
+        """The executed copy of notebooks/<name>.ipynb (raises what papermill raised)."""
+        import papermill as pm
+
+        if name not in self._done:
+            self.notebooks.mkdir(parents=True, exist_ok=True)
+            old = os.environ.get("LHCCNN_DATA_DIR")
+            os.environ["LHCCNN_DATA_DIR"] = str(self.data)  # the kernel and engines inherit it
+            try:
+                pm.execute_notebook(REPO / "notebooks" / f"{name}.ipynb", self.notebooks / f"{name}.ipynb",
+                                    cwd=str(REPO / "notebooks"), kernel_name="python3",
+                                    parameters={"smoke": True, "results_dir": str(self.results)},
+                                    progress_bar=False)
+                self._done[name] = self.notebooks / f"{name}.ipynb"
+            except Exception as e:
+                self._done[name] = e
+            finally:
+                if old is None:
+                    os.environ.pop("LHCCNN_DATA_DIR")
+                else:
+                    os.environ["LHCCNN_DATA_DIR"] = old
+        if isinstance(self._done[name], Exception):
+            raise self._done[name]
+        return self._done[name]
+
+    def record(self, name: str) -> dict:
+        import json
+
+        self(name)
+        return json.loads((self.results / f"{name}.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def smoke_runs(slurm_cluster, tiny_data, tmp_path_factory) -> SmokeRuns:
+    return SmokeRuns(tmp_path_factory.mktemp("smoke_runs"), tiny_data)
+
+
+@pytest.fixture(scope="session")
+def book_html(smoke_runs):
+    """Build the book into the smoke runs' folder: the repo's pages + the executed chapters."""
+    for name in BOOK_CHAPTERS:
+        smoke_runs(name)
+    root = smoke_runs.root
+    for f in ("_config.yml", "_toc.yml"):
+        shutil.copy(REPO / f, root / f)
+    shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("notebooks", "_build"),
+                    dirs_exist_ok=True)
+    env = {**os.environ, "LHCCNN_RESULTS": str(smoke_runs.results)}  # the benchmarks page reads it
+    jb = Path(sys.executable).with_name("jupyter-book")
+    out = subprocess.run([str(jb), "build", str(root), "--warningiserror", "--nitpick", "--keep-going"],
+                         env=env, capture_output=True, text=True, timeout=900)
+    return root / "_build" / "html", out
 
 
 def _slurm_env() -> dict:

@@ -1,4 +1,5 @@
-"""Papermill smoke runs of the notebooks on the mini SLURM and locally; their records checked."""
+"""Papermill smoke runs of the notebooks on the mini SLURM (shared with the book tests) and
+locally; their records checked."""
 
 import json
 from pathlib import Path
@@ -19,10 +20,17 @@ def run(name, tmp_path, **params):
     return out
 
 
+def record_of(name, local, slurm_env, smoke_runs, tmp_path):
+    """The notebook's record: from the session's SLURM smoke run, or a run with local engines."""
+    if not local:
+        return smoke_runs.record(name), smoke_runs.results
+    out = run(f"{name}.ipynb", tmp_path, local=True)
+    return json.loads((out / f"{name}.json").read_text()), out
+
+
 @pytest.mark.parametrize("local", [False, True], ids=["slurm", "local"])
-def test_01_cluster_startup(local, slurm, tmp_path):
-    out = run("01_cluster_startup.ipynb", tmp_path, local=local)
-    rec = json.loads((out / "01_cluster_startup.json").read_text())
+def test_01_cluster_startup(local, slurm, smoke_runs, tmp_path):
+    rec, _ = record_of("01_cluster_startup", local, slurm, smoke_runs, tmp_path)
     assert rec["engines"] == 2 and rec["jobs_left"] == []
     assert 0 < rec["startup_seconds"] < 120 and 0 < rec["stop_seconds"] < 30
     assert sum(rec["engines_per_task_count"].values()) == rec["tasks"]
@@ -31,10 +39,9 @@ def test_01_cluster_startup(local, slurm, tmp_path):
 
 
 @pytest.mark.parametrize("local", [False, True], ids=["slurm", "local"])
-def test_02_horovod_scaling(local, slurm, tiny_data, tmp_path, monkeypatch):
+def test_02_horovod_scaling(local, slurm, smoke_runs, tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv("LHCCNN_DATA_DIR", str(tiny_data))
-    out = run("02_horovod_scaling.ipynb", tmp_path, local=local)
-    rec = json.loads((out / "02_horovod_scaling.json").read_text())
+    rec, out = record_of("02_horovod_scaling", local, slurm, smoke_runs, tmp_path)
     main = rec["main"]
     assert main["size"] == 2 and len(main["history"]["loss"]) == 2
     assert main["test"]["auc"] > 0.55  # 2 smoke epochs: learning, not converged
@@ -46,10 +53,8 @@ def test_02_horovod_scaling(local, slurm, tiny_data, tmp_path, monkeypatch):
     assert slurm_cli.queue() == []
 
 
-def test_03_random_search_hpo(slurm, tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setenv("LHCCNN_DATA_DIR", str(tiny_data))
-    out = run("03_random_search_hpo.ipynb", tmp_path)
-    rec = json.loads((out / "03_random_search_hpo.json").read_text())
+def test_03_random_search_hpo(slurm, smoke_runs):
+    rec = smoke_runs.record("03_random_search_hpo")
     assert sum(rec["statuses"].values()) == rec["n_trials"] == 4
     assert rec["statuses"].get("completed", 0) >= 1
     m = rec["makespan"]
@@ -57,10 +62,8 @@ def test_03_random_search_hpo(slurm, tiny_data, tmp_path, monkeypatch):
     assert slurm_cli.queue() == []
 
 
-def test_04_widget_hpo_steers_a_trial(slurm, tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setenv("LHCCNN_DATA_DIR", str(tiny_data))
-    out = run("04_widget_hpo.ipynb", tmp_path)
-    rec = json.loads((out / "04_widget_hpo.json").read_text())
+def test_04_widget_hpo_steers_a_trial(slurm, smoke_runs):
+    rec = smoke_runs.record("04_widget_hpo")
     assert rec["n_trials"] == 3 and sum(rec["statuses"].values()) == 3
     assert set(rec["statuses"]) <= {"completed", "diverged"}  # nothing left stopped or running
     assert rec["steered_attempts"] == 2  # stopped, then restarted from its checkpoint
@@ -68,10 +71,8 @@ def test_04_widget_hpo_steers_a_trial(slurm, tiny_data, tmp_path, monkeypatch):
     assert slurm_cli.queue() == []
 
 
-def test_05_pbt_genetic(slurm, tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setenv("LHCCNN_DATA_DIR", str(tiny_data))
-    out = run("05_pbt_genetic.ipynb", tmp_path)
-    rec = json.loads((out / "05_pbt_genetic.json").read_text())
+def test_05_pbt_genetic(slurm, smoke_runs):
+    rec = smoke_runs.record("05_pbt_genetic")
     hist = rec["history"]
     assert [h["generation"] for h in hist] == [0, 1, 2]
     assert all(h["best_val_loss"] <= h["mean_val_loss"] for h in hist)

@@ -1,0 +1,43 @@
+"""The Jupyter Book: built from the session's executed smoke notebooks, with no warnings and
+every chapter's figures and widgets in its page."""
+
+import re
+
+import pytest
+
+from conftest import BOOK_CHAPTERS as CHAPTERS
+
+# figures (img) each chapter must show, and whether it carries live widgets
+EXPECTED = {"01_cluster_startup": (2, False), "02_horovod_scaling": (3, False),
+            "03_random_search_hpo": (4, False), "04_widget_hpo": (1, True),
+            "05_pbt_genetic": (5, True)}
+
+
+def test_book_builds_without_warnings(book_html):
+    html, out = book_html
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    assert not re.search(r"WARNING|ERROR", log), log[-4000:]
+    assert (html / "index.html").exists()
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapter_pages_show_their_figures_and_widgets(book_html, chapter):
+    html, _ = book_html
+    page = (html / "book" / "notebooks" / f"{chapter}.html").read_text()
+    n_img, widgets = EXPECTED[chapter]
+    imgs = re.findall(r'<img[^>]+src="([^"]+)"', page)
+    assert len(imgs) >= n_img, imgs
+    for src in imgs:
+        if not src.startswith("data:"):
+            assert (html / "book" / "notebooks" / src).resolve().exists(), src
+    if widgets:  # saved widget state, rendered by the ipywidgets embed script
+        assert "application/vnd.jupyter.widget-view+json" in page
+        assert "application/vnd.jupyter.widget-state+json" in page
+
+
+def test_no_broken_internal_links(book_html):
+    html, _ = book_html
+    for page in html.rglob("*.html"):
+        for href in re.findall(r'href="([^"#:?]+\.html)(?:#[^"]*)?"', page.read_text()):
+            assert (page.parent / href).resolve().exists(), f"{page.relative_to(html)} -> {href}"
