@@ -1,0 +1,41 @@
+"""The container recipe, checked without a Docker engine: the Dockerfile's inputs exist and its
+command is the README's test command; its entrypoint, run natively, brings up a second mini
+SLURM, runs the command inside it and leaves nothing running."""
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+
+
+def test_dockerfile_copies_what_exists_and_runs_the_readme_test_command():
+    for line in re.findall(r"^COPY (.+)$", DOCKERFILE, flags=re.M):
+        *sources, _dest = line.split()
+        for src in sources:
+            assert src == "." or (REPO / src).exists(), f"Dockerfile copies a missing {src}"
+    entry = re.search(r'^ENTRYPOINT \["([^"]+)"\]', DOCKERFILE, flags=re.M).group(1)
+    assert os.access(REPO / entry, os.X_OK), entry
+    cmd = " ".join(re.findall(r'"([^"]+)"', re.search(r"^CMD (.+)$", DOCKERFILE, flags=re.M).group(1)))
+    readme = (REPO / "README.md").read_text()
+    assert re.search(rf"^{re.escape(cmd)}\s+# the tests", readme, flags=re.M), cmd
+    assert cmd in (REPO / ".ci" / "run").read_text()  # CI, the README and the image agree
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".minislurm" in ignored  # never copy a host's venv or cluster
+
+
+def test_entrypoint_runs_a_command_in_its_own_mini_slurm(slurm, tmp_path):
+    env = dict(os.environ, MINISLURM_STATE=str(tmp_path / "state"), MINISLURM_NODES="2",
+               MINISLURM_CTLD_PORT="16917", MINISLURM_NODE_PORT="17101")
+    env.pop("SLURM_CONF", None)  # the entrypoint points the command at its own cluster
+    out = subprocess.run([str(REPO / "recipes" / "minislurm" / "entrypoint.sh"), "bash", "-c",
+                          'srun -N2 -n2 bash -c "echo \\$SLURMD_NODENAME" && echo "conf=$SLURM_CONF"'],
+                         env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert sorted(out.stdout.split()[:2]) == ["node1", "node2"], out.stdout
+    assert f"conf={tmp_path / 'state' / 'slurm.conf'}" in out.stdout
+    status = subprocess.run([str(REPO / "recipes" / "minislurm" / "minislurm.sh"), "status"], env=env,
+                            capture_output=True, text=True)
+    assert status.returncode != 0  # stopped again: no daemon of its own left
