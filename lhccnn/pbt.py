@@ -383,7 +383,10 @@ class PBT:
 
         `client` is a dask.distributed Client (from `ipyparallel.Client.become_dask()` or
         dask-jobqueue); `on_generation(pbt, generation)` is called after each generation.
-        Returns the history."""
+        Returns the history. A stop request left from an earlier run is cleared: calling run
+        again is the request to go on."""
+        if self.steering.values().get("stopped"):
+            self.steering.set(stopped=False)
         g = self.finished_generations()
         while g < self.config.generations:
             values = self._apply_steering(g)

@@ -8,16 +8,17 @@ import pytest
 from conftest import BOOK_CHAPTERS as CHAPTERS
 
 # figures (img) each chapter must show, and whether it carries live widgets
-EXPECTED = {"01_cluster_startup": (2, False), "02_horovod_scaling": (3, False),
+EXPECTED = {"01_cluster_startup": (1, False), "02_horovod_scaling": (3, False),
             "03_random_search_hpo": (4, False), "04_widget_hpo": (1, True),
-            "05_pbt_genetic": (5, True)}
+            "05_pbt_genetic": (4, True)}
 
 
 def test_book_builds_without_warnings(book_html):
     html, out = book_html
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-4000:]
-    assert not re.search(r"WARNING|ERROR", log), log[-4000:]
+    # Sphinx's own messages ("file:line: WARNING: ..."), not the executing kernels' log lines
+    assert not re.search(r"(WARNING|ERROR|CRITICAL): ", log), log[-4000:]
     assert (html / "index.html").exists()
 
 

@@ -38,6 +38,8 @@ def test_book_chapters_render_figures_in_chromium(book_server):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(f"{book_server}/index.html")
+        page.wait_for_url("**/book/intro.html")  # index.html redirects to the first page
+        page.wait_for_load_state("load")
         toc = page.eval_on_selector_all("nav a", "as => as.map(a => a.getAttribute('href'))")
         for chapter in CHAPTERS:
             assert any(chapter in (h or "") for h in toc), f"{chapter} not in the book's navigation"

@@ -64,8 +64,7 @@ def test_a_resumed_run_repeats_the_straight_run_exactly(straight_run, local_dask
     first.run(local_dask, progress=False, on_generation=lambda p, g: p.steering.stop())
     assert first.finished_generations() == 1
     again = PBT(root)
-    again.steering.set(stopped=False)
-    again.run(local_dask, progress=False)
+    again.run(local_dask, progress=False)  # clears the old stop request
     a, b = straight_run.lineage(), again.lineage()
     assert a[LINEAGE].equals(b[LINEAGE])
     np.testing.assert_allclose(a.val_loss, b.val_loss, rtol=1e-6)
