@@ -88,3 +88,16 @@ def test_checkpoint_without_a_recorded_hash_is_not_trusted(tmp_path):
         verify_checkpoint(store, t)
     with pytest.warns(RuntimeWarning, match="fresh weights"):
         assert load_inherited(_model(), store, t)[0] is None
+
+
+def test_a_store_holding_another_run_is_refused_and_reopens_as_it_was(tmp_path):
+    from lhccnn.config import smoke
+    from lhccnn.pbt import PBT
+
+    first = PBT(tmp_path, smoke(), config=PBTConfig(population=3, seed=1))
+    with pytest.raises(ValueError, match="already holds a PBT run with another config"):
+        PBT(tmp_path, smoke(), config=PBTConfig(population=4, seed=1))
+    again = PBT(tmp_path)  # no arguments: read back
+    assert again.config == first.config and again.base == first.base and again.space == first.space
+    assert again.steering.values() == {"mutation_rate": 0.2, "crossover_rate": 0.33,
+                                       "population": 3, "paused": False, "stopped": False}
