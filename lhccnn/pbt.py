@@ -183,6 +183,35 @@ def load_inherited(model, store: Store, trial_id: str | None) -> tuple[str | Non
     return None, warned
 
 
+def save_optimizer(model, path: Path) -> str:
+    """The optimizer's state (step count, moments) as .npz, atomically; returns its sha256."""
+    tmp = path.with_name(".optimizer.tmp.npz")
+    with open(tmp, "wb") as f:
+        np.savez(f, *model.optimizer.get_weights())
+    digest = file_sha256(tmp)
+    tmp.replace(path)
+    return digest
+
+
+def load_optimizer(model, store: Store, trial_id: str | None, optimizer: str) -> bool:
+    """Continue the optimizer of the member whose weights were loaded, if it used the same kind
+    of optimizer and its saved state verifies: restarting Adam's moments every generation
+    costs progress that random search's uninterrupted trials keep. The learning rate stays the
+    member's own (it is not part of the state)."""
+    if trial_id is None or (store.config(trial_id) or {}).get("optimizer") != optimizer:
+        return False
+    path = store.trial_dir(trial_id) / "optimizer.npz"
+    expected = store.status(trial_id).get("optimizer_sha256")
+    if not path.exists() or expected is None or file_sha256(path) != expected:
+        log.warning("optimizer state of %s missing or corrupt: starting it afresh", trial_id)
+        return False
+    with np.load(path) as f:
+        state = [f[f"arr_{i}"] for i in range(len(f.files))]
+    model.optimizer._create_all_weights(model.trainable_variables)  # legacy optimizer: make slots
+    model.optimizer.set_weights(state)
+    return True
+
+
 # ---------------------------------------------------------------------------- one member
 def member_seed(seed: int, generation: int, member: int) -> int:
     return int(np.random.SeedSequence([seed, generation, member]).generate_state(1)[0] % 2**31)
@@ -230,6 +259,7 @@ def train_member(store_root: str, trial_id: str, base: TrainConfig, data: str | 
 
     t = time.perf_counter()
     loaded_from, warned = load_inherited(model, store, cfg.get("inherit"))
+    optimizer_kept = load_optimizer(model, store, loaded_from, config.model.optimizer)
     load_s = time.perf_counter() - t
 
     first_epoch = generation * epochs  # epochs are numbered along the lineage
@@ -249,11 +279,13 @@ def train_member(store_root: str, trial_id: str, base: TrainConfig, data: str | 
 
     t = time.perf_counter()
     digest = save_checkpoint(model, store.checkpoint(trial_id))
+    optimizer_digest = save_optimizer(model, store.trial_dir(trial_id) / "optimizer.npz")
     save_s = time.perf_counter() - t
     now = time.time()
     return store.set_status(
         trial_id, "completed" if math.isfinite(val_loss) else "diverged", val_loss=val_loss,
         val_accuracy=float(hist.history["val_accuracy"][-1]), sha256=digest,
+        optimizer_sha256=optimizer_digest, optimizer_kept=optimizer_kept,
         loaded_from=loaded_from, warnings=warned, setup_s=setup_s, load_s=load_s,
         train_s=train_s, save_s=save_s, finished=now, task_seconds=now - task_started)
 

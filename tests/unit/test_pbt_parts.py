@@ -101,3 +101,29 @@ def test_a_store_holding_another_run_is_refused_and_reopens_as_it_was(tmp_path):
     assert again.config == first.config and again.base == first.base and again.space == first.space
     assert again.steering.values() == {"mutation_rate": 0.2, "crossover_rate": 0.33,
                                        "population": 3, "paused": False, "stopped": False}
+
+
+def test_optimizer_state_is_carried_over_only_to_the_same_kind_and_only_if_intact(tmp_path):
+    import numpy as np
+
+    from lhccnn.config import ModelConfig
+    from lhccnn.model import build_model
+    from lhccnn.pbt import load_optimizer, save_optimizer
+
+    store = Store(tmp_path)
+    parent = store.create_trial({"optimizer": "Adam", "inherit": None}, trial_id="g000-m00")
+    trained = build_model(ModelConfig(conv_sizes=(2,), dense_sizes=(4,)))
+    x, y = np.random.default_rng(0).random((32, 64, 64, 1)), np.arange(32) % 2
+    trained.fit(x, y, epochs=2, batch_size=16, verbose=0)  # 4 steps: Adam's moments are set
+    path = store.trial_dir(parent) / "optimizer.npz"
+    store.set_status(parent, "completed", optimizer_sha256=save_optimizer(trained, path))
+
+    child = build_model(ModelConfig(conv_sizes=(2,), dense_sizes=(4,), lr=5e-3))
+    assert load_optimizer(child, store, parent, "Adam")
+    assert int(child.optimizer.iterations) == 4
+    assert float(child.optimizer.lr) == pytest.approx(5e-3)  # the child's own learning rate
+    assert all(np.array_equal(a, b) for a, b in
+               zip(child.optimizer.get_weights(), trained.optimizer.get_weights()))
+    assert not load_optimizer(build_model(ModelConfig(optimizer="SGD")), store, parent, "SGD")
+    path.write_bytes(path.read_bytes()[:50])
+    assert not load_optimizer(child, store, parent, "Adam")  # corrupt: afresh, not a crash
