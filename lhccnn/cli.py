@@ -47,7 +47,8 @@ def run_notebooks(out: Path, smoke: bool = False, names=None) -> int:
         t = time.perf_counter()
         try:
             pm.execute_notebook(src, out / src.name, cwd=str(src.parent), kernel_name="python3",
-                                parameters={"smoke": True} if smoke else {}, progress_bar=False,
+                                parameters={"smoke": True} if smoke else {},
+                                progress_bar=sys.stderr.isatty(),  # cells done, in a terminal
                                 log_output=False)
         except pm.PapermillExecutionError as e:
             print(f"error: notebook {src.name} failed in cell {e.cell_index} (In [{e.exec_count}]): "
