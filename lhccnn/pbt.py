@@ -431,7 +431,10 @@ class PBT:
             ids = self.members(g) or self._create_generation(g, values)
             self._run_generation(client, g, ids, progress)
             if on_generation:
-                on_generation(self, g)
+                try:
+                    on_generation(self, g)
+                except Exception:  # a plot that fails to redraw must not end the run
+                    log.exception("on_generation callback failed after generation %d", g)
             g += 1
         return self.history()
 
