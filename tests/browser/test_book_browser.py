@@ -8,12 +8,13 @@ import threading
 
 import pytest
 
-from lhccnn.config import results_dir
+from lhccnn.config import REPO, results_dir
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-from conftest import BOOK_CHAPTERS as CHAPTERS
+# the book's chapters: every notebook, in order
+CHAPTERS = sorted(p.stem for p in (REPO / "notebooks").glob("0*.ipynb"))
 
 
 
