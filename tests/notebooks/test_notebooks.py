@@ -20,7 +20,7 @@ def run(name, tmp_path, **params):
     return out
 
 
-def record_of(name, local, slurm_env, smoke_runs, tmp_path):
+def record_of(name, local, smoke_runs, tmp_path):
     """The notebook's record: from the session's SLURM smoke run, or a run with local engines."""
     if not local:
         return smoke_runs.record(name), smoke_runs.results
@@ -30,7 +30,7 @@ def record_of(name, local, slurm_env, smoke_runs, tmp_path):
 
 @pytest.mark.parametrize("local", [False, True], ids=["slurm", "local"])
 def test_01_cluster_startup(local, slurm, smoke_runs, tmp_path):
-    rec, _ = record_of("01_cluster_startup", local, slurm, smoke_runs, tmp_path)
+    rec, _ = record_of("01_cluster_startup", local, smoke_runs, tmp_path)
     assert rec["engines"] == 2 and rec["jobs_left"] == []
     assert 0 < rec["startup_seconds"] < 120 and 0 < rec["stop_seconds"] < 30
     assert sum(rec["engines_per_task_count"].values()) == rec["tasks"]
@@ -41,7 +41,7 @@ def test_01_cluster_startup(local, slurm, smoke_runs, tmp_path):
 @pytest.mark.parametrize("local", [False, True], ids=["slurm", "local"])
 def test_02_horovod_scaling(local, slurm, smoke_runs, tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv("LHCCNN_DATA_DIR", str(tiny_data))
-    rec, out = record_of("02_horovod_scaling", local, slurm, smoke_runs, tmp_path)
+    rec, out = record_of("02_horovod_scaling", local, smoke_runs, tmp_path)
     main = rec["main"]
     assert main["size"] == 2 and len(main["history"]["loss"]) == 2
     assert main["test"]["auc"] > 0.55  # 2 smoke epochs: learning, not converged
