@@ -1,11 +1,14 @@
 """pytest-notebook regression: notebook 05 with a fixed seed on local engines must reproduce the
 saved outputs (the lineage, its losses, the refusals, the comparison), volatile fields ignored.
 
-The reference is tests/notebooks/reference/05_pbt_genetic.ipynb: the notebook's own cells plus
-the injected parameters below. After a deliberate change, regenerate it with
+The reference, tests/notebooks/reference/05_pbt_genetic.outputs.json, holds each code cell's
+source and expected outputs (not a notebook: committed notebooks carry no outputs); the test
+puts them back into the notebook (plus the injected parameters below) and lets pytest-notebook
+execute and compare it. After a deliberate change, regenerate it with
 `LHCCNN_REGEN=1 pytest tests/notebooks/test_regression.py` and review the diff.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "notebooks" / "05_pbt_genetic.ipynb"
-REFERENCE = Path(__file__).parent / "reference" / "05_pbt_genetic.ipynb"
+REFERENCE = Path(__file__).parent / "reference" / "05_pbt_genetic.outputs.json"
 PARAMETERS = "smoke = True\nlocal = True\n"  # papermill-style: a cell after the parameters cell
 
 # what changes from run to run: times, addresses, ids, sizes, widget models, figures' bytes
@@ -52,36 +55,49 @@ def test_notebook_05_reproduces_its_reference_outputs(tiny_data, tmp_path):
     from pytest_notebook.nb_regression import NBRegressionError, NBRegressionFixture
 
     regen = os.environ.get("LHCCNN_REGEN") == "1"
-    if regen:
-        REFERENCE.parent.mkdir(exist_ok=True)
-        nbformat.write(expected_source(), REFERENCE)
-    assert code_of(nbformat.read(REFERENCE, as_version=4)) == code_of(expected_source()), (
-        "notebooks/05_pbt_genetic.ipynb changed: regenerate the reference (see this module's docstring)")
-    timing = tuple(f"/cells/{i}/outputs" for i, c in enumerate(expected_source().cells)
+    nb = expected_source()
+    if not regen:
+        expected = json.loads(REFERENCE.read_text())
+        assert [c["source"] for c in expected] == code_of(nb), (
+            "notebooks/05_pbt_genetic.ipynb changed: regenerate the reference (see this module's docstring)")
+        for cell, ref in zip((c for c in nb.cells if c.cell_type == "code"), expected):
+            cell.outputs = [nbformat.from_dict(o) for o in ref["outputs"]]
+    path = tmp_path / "05_pbt_genetic.ipynb"
+    nbformat.write(nb, path)
+    timing = tuple(f"/cells/{i}/outputs" for i, c in enumerate(nb.cells)
                    if c.source.startswith(TIMING_CELLS))
     fixture = NBRegressionFixture(
         exec_timeout=600, exec_cwd=str(REPO / "notebooks"), diff_ignore=IGNORED + timing,
-        diff_replace=VOLATILE,
-        exec_env={"LHCCNN_DATA_DIR": str(tiny_data), "LHCCNN_RESULTS": str(tmp_path)},
-        force_regen=regen)
+        diff_replace=VOLATILE, force_regen=regen,
+        exec_env={"LHCCNN_DATA_DIR": str(tiny_data), "LHCCNN_RESULTS": str(tmp_path / "results")})
     if not regen:
-        fixture.check(str(REFERENCE))
+        fixture.check(str(path))
         return
     try:
-        fixture.check(str(REFERENCE))  # writes the executed notebook over the reference
+        fixture.check(str(path))  # writes the executed notebook over `path`
     except NBRegressionError:
         pass
-    strip_ignored(REFERENCE)
+    REFERENCE.parent.mkdir(exist_ok=True)
+    REFERENCE.write_text(json.dumps(compared_outputs(nbformat.read(path, as_version=4)), indent=1) + "\n")
     pytest.skip("reference regenerated: review `git diff tests/notebooks/reference`")
 
 
-def strip_ignored(path):
-    """Keep only what is compared: no widget state, HTML or images (they hold run-specific ids
-    and paths, and make the file big)."""
-    nb = nbformat.read(path, as_version=4)
-    nb.metadata.pop("widgets", None)
+def compared_outputs(nb) -> list[dict]:
+    """Each code cell's source and outputs, without what is never compared (widget views, HTML,
+    images, output metadata): they hold run-specific ids and paths, and make the file big."""
+    cells = []
     for c in nb.cells:
-        for o in c.get("outputs", []):
-            for key in ("text/html", "image/png", "application/vnd.jupyter.widget-view+json"):
-                o.get("data", {}).pop(key, None)
-    nbformat.write(nb, path)
+        if c.cell_type != "code":
+            continue
+        outputs = []
+        for o in c.outputs:
+            o = {k: v for k, v in o.items() if k not in ("metadata", "execution_count")}
+            if "data" in o:
+                o["data"] = {k: v for k, v in o["data"].items() if k == "text/plain"}
+            if o["output_type"] == "execute_result":
+                o.update(metadata={}, execution_count=None)
+            elif o["output_type"] == "display_data":
+                o["metadata"] = {}
+            outputs.append(o)
+        cells.append({"source": c.source, "outputs": outputs})
+    return cells
