@@ -13,7 +13,6 @@ and one steering schedule give the same lineage.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -27,6 +26,7 @@ import numpy as np
 
 from . import ga
 from .config import TrainConfig, data_dir
+from .fetch import sha256_of
 from .hpo import Choice, LogUniform, Uniform, space_from_dict, space_to_dict, trial_config, validate_space
 from .store import Store, _read_json, _write_json
 
@@ -131,19 +131,11 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_checkpoint(model, path: Path) -> str:
     """Write the weights through a temp file and rename (atomic); returns the file's sha256."""
     tmp = path.with_name(".checkpoint.tmp.h5")
     model.save_weights(str(tmp))
-    digest = file_sha256(tmp)
+    digest = sha256_of(tmp)
     tmp.replace(path)
     return digest
 
@@ -157,7 +149,7 @@ def verify_checkpoint(store: Store, trial_id: str) -> Path:
         raise CheckpointError(f"{path}: missing")
     if expected is None:
         raise CheckpointError(f"{path}: no sha256 recorded for it (never finished writing)")
-    actual = file_sha256(path)
+    actual = sha256_of(path)
     if actual != expected:
         raise CheckpointError(f"{path}: sha256 {actual[:12]}… is not the recorded {expected[:12]}… "
                               f"(corrupt or truncated, {path.stat().st_size} bytes)")
@@ -188,7 +180,7 @@ def save_optimizer(model, path: Path) -> str:
     tmp = path.with_name(".optimizer.tmp.npz")
     with open(tmp, "wb") as f:
         np.savez(f, *model.optimizer.get_weights())
-    digest = file_sha256(tmp)
+    digest = sha256_of(tmp)
     tmp.replace(path)
     return digest
 
@@ -202,7 +194,7 @@ def load_optimizer(model, store: Store, trial_id: str | None, optimizer: str) ->
         return False
     path = store.trial_dir(trial_id) / "optimizer.npz"
     expected = store.status(trial_id).get("optimizer_sha256")
-    if not path.exists() or expected is None or file_sha256(path) != expected:
+    if not path.exists() or expected is None or sha256_of(path) != expected:
         log.warning("optimizer state of %s missing or corrupt: starting it afresh", trial_id)
         return False
     with np.load(path) as f:
@@ -367,12 +359,12 @@ class PBT:
         rows = []
         for g in range(self.finished_generations() + 1):
             ids = self.members(g)
-            losses = [self.store.status(t).get("val_loss") for t in ids]
-            fit = _fitness_or_none(losses)
-            for i, t in enumerate(ids):
-                cfg, st = self.store.config(t), self.store.status(t)
-                rows.append({"trial": t, **cfg, "status": st.get("status"),
-                             "val_loss": losses[i], "fitness": fit[i] if fit is not None else None,
+            statuses = [self.store.status(t) for t in ids]
+            fit = _fitness_or_none([st.get("val_loss") for st in statuses])
+            for i, (t, st) in enumerate(zip(ids, statuses)):
+                rows.append({"trial": t, **self.store.config(t), "status": st.get("status"),
+                             "val_loss": st.get("val_loss"),
+                             "fitness": fit[i] if fit is not None else None,
                              "val_accuracy": st.get("val_accuracy")})
         return pd.DataFrame(rows).set_index("trial") if rows else pd.DataFrame()
 
