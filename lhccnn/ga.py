@@ -94,17 +94,23 @@ def elite(fit, k: int) -> list[int]:
 
 def breed(population: list[dict], losses, space: dict, rng: np.random.Generator,
           mutation_rate: float = 0.05, crossover_rate: float = 0.33, n_elite: int = 1,
-          size: int | None = None) -> list[dict]:
+          size: int | None = None, n_parents: int | None = None) -> list[dict]:
     """The next generation: the elite unchanged, then children of fitness-selected pairs,
-    crossed over and mutated. Each entry says where it comes from:
-    {"hp": ..., "parents": (i, j), "inherit": index whose weights the child starts from}."""
+    crossed over and mutated. With `n_parents`, only that many of the fittest may be parents
+    (truncation selection); None lets every member be drawn. Each entry says where it comes
+    from: {"hp": ..., "parents": (i, j), "inherit": index whose weights the child starts from}."""
     size = size or len(population)
     if size < 2:
         raise ValueError(f"a population needs at least 2 members, got {size}")
+    if n_parents is not None and not 1 <= n_parents <= len(population):
+        raise ValueError(f"n_parents must be in [1, {len(population)}], got {n_parents}")
     fit = fitness(losses)
     nxt = [{"hp": dict(population[i]), "parents": (i, i), "inherit": i}
            for i in elite(fit, min(n_elite, size))]
-    for i, j in select_parents(fit, size - len(nxt), rng):
+    pool = fit.copy()
+    if n_parents is not None:  # the others cannot be drawn
+        pool[[i for i in range(len(fit)) if i not in elite(fit, n_parents)]] = 0.0
+    for i, j in select_parents(pool, size - len(nxt), rng):
         child = mutate(crossover(population[i], population[j], crossover_rate, rng), space,
                        mutation_rate, rng)
         fitter = i if fit[i] >= fit[j] else j  # the child starts from the fitter parent's weights

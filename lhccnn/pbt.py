@@ -1,11 +1,11 @@
 """Population-based training: generations of members bred by a genetic algorithm, run on Dask.
 
 A generation is P members, each trained k epochs from the weights it inherited. At its end every
-member has a figure of merit (validation loss); lhccnn.ga breeds the next generation: the elite
-carry on, the others are children of fitness-drawn parents, crossed over and mutated, starting
-from the fitter parent's checkpoint. Everything is kept in a trial store (one trial per member
-per generation, named g003-m01), so the lineage is on disk and a restarted kernel resumes at
-the next generation with the same state. Breeding for generation g draws from a generator
+member has a figure of merit (validation loss); lhccnn.ga breeds the next generation: the fittest
+fraction (the survivors) carry on, the other places go to children of fitness-drawn survivors,
+crossed over and mutated, starting from the fitter parent's checkpoint. Everything is kept in a
+trial store (one trial per member per generation, named g003-m01), so the lineage is on disk and
+a restarted kernel resumes at the next generation with the same state. Breeding for generation g draws from a generator
 seeded with (seed, g), and each member's training from (seed, g, member): two runs with one seed
 and one steering schedule give the same lineage.
 """
@@ -45,14 +45,16 @@ def default_space() -> dict:
 @dataclass(frozen=True)
 class PBTConfig:
     """A run's shape. The paper: population 100, 100 generations, mutation 0.05, crossover 0.33;
-    small populations need more mutation to keep exploring."""
+    small populations need more mutation to keep exploring. `survivors`: the fittest fraction,
+    which carries on unchanged and is the only one to breed (truncation selection): with short
+    generations, keeping a single elite culls slow starters that would have ended best."""
 
     population: int = 8
     generations: int = 8
     epochs_per_generation: int = 1
     mutation_rate: float = 0.2
     crossover_rate: float = 0.33
-    n_elite: int = 1
+    survivors: float = 0.5
     seed: int = 0
 
     def __post_init__(self):
@@ -61,8 +63,13 @@ class PBTConfig:
         for name in ("generations", "epochs_per_generation"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.n_elite < self.population:
-            raise ValueError(f"n_elite must be in [0, population), got {self.n_elite}")
+        if not 0 < self.survivors < 1:
+            raise ValueError(f"survivors must be a fraction in (0, 1), got {self.survivors}")
+
+    def n_survivors(self, size: int) -> int:
+        """How many of `size` members carry on unchanged (and may be parents): at least one,
+        and at least one place left for a child."""
+        return min(max(1, round(size * self.survivors)), size - 1)
 
 
 # ---------------------------------------------------------------------------- steering
@@ -483,10 +490,11 @@ class PBT:
             prev = self.members(g - 1)
             losses = [self.store.status(t).get("val_loss", math.nan) for t in prev]
             hps = [{k: self.store.config(t)[k] for k in self.space} for t in prev]
+            keep = min(cfg.n_survivors(size), len(prev))  # the population may have grown
             plan = ga.breed(hps, losses, self.space, np.random.default_rng([cfg.seed, g]),
                             mutation_rate=values.get("mutation_rate", cfg.mutation_rate),
                             crossover_rate=values.get("crossover_rate", cfg.crossover_rate),
-                            n_elite=min(cfg.n_elite, size - 1), size=size)
+                            n_elite=keep, size=size, n_parents=min(max(2, keep), len(prev)))
             for p in plan:  # indices into the previous generation -> its trial ids
                 p["parents"] = sorted({prev[i] for i in p["parents"]})
                 p["inherit"] = prev[p["inherit"]]

@@ -39,10 +39,17 @@ def test_steering_is_kept_on_disk_and_every_request_logged(tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("generations", 0), ("epochs_per_generation", 0),
-                                          ("population", 1), ("n_elite", 8), ("mutation_rate", 2)])
+                                          ("population", 1), ("survivors", 1.0), ("survivors", 0),
+                                          ("mutation_rate", 2)])
 def test_pbt_config_refuses_bad_values(field, value):
     with pytest.raises(ValueError, match=field.split("_")[0]):
         PBTConfig(**{field: value})
+
+
+@pytest.mark.parametrize("size, expected", [(8, 4), (5, 2), (3, 2), (2, 1)])
+def test_survivors_leave_room_for_a_child(size, expected):
+    assert PBTConfig(population=8, survivors=0.5).n_survivors(size) == expected
+    assert 1 <= PBTConfig(population=2, survivors=0.9).n_survivors(size) < size
 
 
 def test_member_seeds_differ_by_generation_and_member_and_repeat():
