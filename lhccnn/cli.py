@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
+from .cluster import ClusterError
 from .config import REPO
+from .pbt import PBTConfig
 
 
 def summary(run_dir: Path) -> int:
@@ -59,6 +62,60 @@ def run_notebooks(out: Path, smoke: bool = False, names=None) -> int:
     return 0
 
 
+SHAPE = ("population", "generations", "epochs_per_generation", "mutation_rate", "crossover_rate",
+         "survivors", "seed")
+
+
+def run_pbt(a) -> int:
+    """A PBT run on Dask workers that are SLURM jobs (dask-jobqueue); a second call with the
+    same root resumes it. Ctrl-C (or SIGTERM) cancels the worker jobs and keeps what finished."""
+    import signal
+
+    from .config import TrainConfig
+    from .jobqueue import SlurmDask
+    from .pbt import PBT
+
+    given = {k: getattr(a, k) for k in SHAPE if getattr(a, k) is not None}
+    if (a.root / "pbt.json").exists() and not given and a.n_train is None and a.n_val is None:
+        run = PBT(a.root)  # resume as it was started
+    else:
+        base = TrainConfig(n_train=a.n_train or 4096, n_val=a.n_val or 1024, batch_size=64,
+                           epochs=1, warmup_epochs=0.0,
+                           intra_threads=a.cpus or 1)  # one member at a time per worker job
+        run = PBT(a.root, base, None, PBTConfig(**given), a.data)
+    done = run.finished_generations()
+    print(f"PBT run {a.root}: {dataclasses.asdict(run.config)}; "
+          f"{done} of {run.config.generations} generations done", flush=True)
+
+    def report(pbt, g):
+        h = pbt.history()[g]
+        print(f"generation {g}: best val_loss {h['best_val_loss']:.4f} ({h['best']}), mean "
+              f"{h['mean_val_loss']:.4f}, {h['wall_s']:.0f} s, overhead "
+              f"{100 * h['overhead_fraction']:.1f} %", flush=True)
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)  # a killed session cleans up as Ctrl-C does
+    try:
+        with SlurmDask(workers=a.workers, threads=1, cpus=a.cpus, memory=a.memory,
+                       walltime=a.walltime, sbatch_options=a.sbatch, log_dir=a.root / "dask-logs",
+                       wait=a.wait) as dask:
+            print(f"{a.workers} Dask workers up (SLURM jobs {', '.join(dask.job_ids())}); "
+                  f"dashboard {dask.client.dashboard_link}", flush=True)
+            run.run(dask.client, on_generation=report, progress=sys.stderr.isatty())
+    except KeyboardInterrupt:
+        print(f"interrupted after {run.finished_generations()} finished generations; the worker "
+              f"jobs are cancelled. Run the same command again to resume.", file=sys.stderr)
+        return 130
+    except (ClusterError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"best val_loss {run.best_fom():.4f}; best lineage {' -> '.join(run.best_lineage())}\n"
+          f"store: {a.root}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lhccnn.cli", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -73,7 +130,25 @@ def main(argv=None) -> int:
                    help="where the executed copies go (default: book/notebooks, the book's chapters)")
     n.add_argument("--smoke", action="store_true", help="tiny sizes (parameter smoke=True)")
     n.add_argument("names", nargs="*", help="only these notebooks, by prefix (e.g. 01 05)")
+    b = sub.add_parser("pbt", help="population-based training on Dask workers that are SLURM jobs",
+                       description=run_pbt.__doc__)
+    b.add_argument("root", type=Path, help="the run's store (an existing one resumes)")
+    b.add_argument("--workers", type=int, default=2, help="SLURM jobs, one Dask worker each (default 2)")
+    b.add_argument("--cpus", type=int, default=None, help="CPUs per worker job (default 1)")
+    b.add_argument("--memory", default="4GiB", help="memory per worker job (default 4GiB)")
+    b.add_argument("--walltime", default="00:30:00", help="time limit of each worker job")
+    b.add_argument("--sbatch", default="", help='more sbatch options, e.g. "-C cpu -q regular -A m1234"')
+    b.add_argument("--wait", type=float, default=300, help="seconds to wait for the workers (default 300)")
+    b.add_argument("--data", type=Path, default=None, help="folder of train.h5/val.h5 (default: the project's)")
+    b.add_argument("--n-train", type=int, default=None, help="training events per member (default 4096)")
+    b.add_argument("--n-val", type=int, default=None, help="validation events (default 1024)")
+    for name in SHAPE:
+        field = {f.name: f for f in dataclasses.fields(PBTConfig)}[name]
+        b.add_argument("--" + name.replace("_", "-"), type=type(field.default), default=None,
+                       help=f"PBT setting (default {field.default})")
     a = p.parse_args(argv)
+    if a.cmd == "pbt":
+        return run_pbt(a)
     if a.cmd == "summary":
         return summary(a.run_dir)
     if a.cmd == "notebooks":
