@@ -85,7 +85,7 @@ test: env data  ## the whole test suite (what CI runs); starts the mini SLURM, s
 test-unit: env  ## the unit tier only: fast, no cluster
 	@$(PY) -m pytest -q -ra tests/unit $(PYTEST_ARGS)
 
-bench: env data slurm-start  ## benchmarks at full size (~15 min): tables, results/bench*.json
+bench: env data slurm-start  ## benchmarks at full size (~30 min, of which PBT 19): tables, results/bench*.json
 	@LHCCNN_BENCH=full $(PY) -m pytest -q -s tests/benchmarks $(PYTEST_ARGS)
 
 clean: slurm-stop  ## stop SLURM, remove results and caches (keeps the environment and data)

@@ -75,18 +75,6 @@ def run_pbt(a) -> int:
     from .jobqueue import SlurmDask
     from .pbt import PBT
 
-    given = {k: getattr(a, k) for k in SHAPE if getattr(a, k) is not None}
-    if (a.root / "pbt.json").exists() and not given and a.n_train is None and a.n_val is None:
-        run = PBT(a.root)  # resume as it was started
-    else:
-        base = TrainConfig(n_train=a.n_train or 4096, n_val=a.n_val or 1024, batch_size=64,
-                           epochs=1, warmup_epochs=0.0,
-                           intra_threads=a.cpus or 1)  # one member at a time per worker job
-        run = PBT(a.root, base, None, PBTConfig(**given), a.data)
-    done = run.finished_generations()
-    print(f"PBT run {a.root}: {dataclasses.asdict(run.config)}; "
-          f"{done} of {run.config.generations} generations done", flush=True)
-
     def report(pbt, g):
         h = pbt.history()[g]
         print(f"generation {g}: best val_loss {h['best_val_loss']:.4f} ({h['best']}), mean "
@@ -97,7 +85,18 @@ def run_pbt(a) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)  # a killed session cleans up as Ctrl-C does
+    given = {k: getattr(a, k) for k in SHAPE if getattr(a, k) is not None}
+    run = None
     try:
+        if (a.root / "pbt.json").exists() and not given and a.n_train is None and a.n_val is None:
+            run = PBT(a.root)  # resume as it was started
+        else:
+            base = TrainConfig(n_train=a.n_train or 4096, n_val=a.n_val or 1024, batch_size=64,
+                               epochs=1, warmup_epochs=0.0,
+                               intra_threads=a.cpus or 1)  # one member at a time per worker job
+            run = PBT(a.root, base, None, PBTConfig(**given), a.data)
+        print(f"PBT run {a.root}: {dataclasses.asdict(run.config)}; "
+              f"{run.finished_generations()} of {run.config.generations} generations done", flush=True)
         with SlurmDask(workers=a.workers, threads=1, cpus=a.cpus, memory=a.memory,
                        walltime=a.walltime, sbatch_options=a.sbatch, log_dir=a.root / "dask-logs",
                        wait=a.wait) as dask:
@@ -105,8 +104,9 @@ def run_pbt(a) -> int:
                   f"dashboard {dask.client.dashboard_link}", flush=True)
             run.run(dask.client, on_generation=report, progress=sys.stderr.isatty())
     except KeyboardInterrupt:
-        print(f"interrupted after {run.finished_generations()} finished generations; the worker "
-              f"jobs are cancelled. Run the same command again to resume.", file=sys.stderr)
+        done = run.finished_generations() if run else 0
+        print(f"interrupted after {done} finished generations; the worker jobs are cancelled. "
+              f"Run the same command again to resume.", file=sys.stderr)
         return 130
     except (ClusterError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -5,9 +5,9 @@ member has a figure of merit (validation loss); lhccnn.ga breeds the next genera
 fraction (the survivors) carry on, the other places go to children of fitness-drawn survivors,
 crossed over and mutated, starting from the fitter parent's checkpoint. Everything is kept in a
 trial store (one trial per member per generation, named g003-m01), so the lineage is on disk and
-a restarted kernel resumes at the next generation with the same state. Breeding for generation g draws from a generator
-seeded with (seed, g), and each member's training from (seed, g, member): two runs with one seed
-and one steering schedule give the same lineage.
+a restarted kernel resumes at the next generation with the same state. Breeding for generation g
+draws from a generator seeded with (seed, g), and each member's training from (seed, g, member):
+two runs with one seed and one steering schedule give the same lineage.
 """
 
 from __future__ import annotations
@@ -514,13 +514,27 @@ class PBT:
 
         t0 = time.perf_counter()
         todo = [t for t in ids if self.store.status(t).get("status") not in ("completed", "diverged")]
-        futures = {client.submit(train_member, str(self.root), t, self.base, self.data,
-                                 self.config.epochs_per_generation, self.config.seed,
-                                 pure=False, retries=1): t for t in todo}
+        futures = {}
+
+        def submit(t):
+            f = client.submit(train_member, str(self.root), t, self.base, self.data,
+                              self.config.epochs_per_generation, self.config.seed,
+                              pure=False, retries=1)
+            futures[f] = t
+            return f
+
+        # one member per free worker thread, the next when one finishes: given all at once, the
+        # scheduler queues a member behind a busy worker's and moves it only later (stealing),
+        # idle time measured at up to 0.9 s of a 19 s generation
+        slots = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()) or 1
+        done = as_completed([submit(t) for t in todo[:slots]])
+        waiting = todo[slots:]
         with tqdm(total=len(ids), initial=len(ids) - len(todo), desc=f"generation {g}",
                   unit="member", disable=not progress) as bar:
-            for f in as_completed(futures):
+            for f in done:
                 t = futures[f]
+                if waiting:
+                    done.add(submit(waiting.pop(0)))
                 try:
                     st = f.result()
                     for msg in st.get("warnings") or []:  # raised on the worker: say it here too

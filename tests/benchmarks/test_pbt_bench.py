@@ -1,18 +1,23 @@
 """PBT benchmarks (issue 5), recorded in results/bench_pbt.json: PBT against random search at
-equal compute over three seeds, and the loop's overhead per generation."""
+equal compute and the loop's overhead per generation. `make bench`: notebook 05's default size
+over six seeds (the target is for the first three, the notebook's); inside `make test` (CI) a
+smaller population over three seeds, to keep CI short."""
 
+import os
 import statistics
 
 from lhccnn.config import TrainConfig
 from lhccnn.pbt import PBT, PBTConfig, compare_with_random_search
 
-TARGETS = {"pbt_wins": ">= 2 of 3 seeds", "overhead_fraction_max": "<= 0.05"}
+TARGETS = {"pbt_wins_seeds_0_2": ">= 2 (of 3)", "overhead_fraction_max": "<= 0.05"}
 BASE = TrainConfig(n_train=4096, n_val=1024, batch_size=64, epochs=1, warmup_epochs=0.0)
-CONFIG = PBTConfig(population=6, generations=4)
+FULL = os.environ.get("LHCCNN_BENCH") == "full"
+CONFIG = PBTConfig(population=8, generations=6) if FULL else PBTConfig(population=6, generations=4)
+SEEDS = range(6) if FULL else range(3)
 
 
 def test_pbt_against_random_search_at_equal_compute(local_dask, tmp_path, write_record):
-    rows = compare_with_random_search(local_dask, tmp_path, BASE, CONFIG, seeds=[0, 1, 2],
+    rows = compare_with_random_search(local_dask, tmp_path, BASE, CONFIG, seeds=SEEDS,
                                       progress=False)
     gens, members = [], []
     for r in rows:
@@ -21,7 +26,10 @@ def test_pbt_against_random_search_at_equal_compute(local_dask, tmp_path, write_
         members += [pbt.store.status(t) for t in pbt.store.trial_ids()]
     fractions = [g["overhead_fraction"] for g in gens]
     record = {
-        "per_seed": rows, "pbt_wins": sum(r["pbt_wins"] for r in rows),
+        "population": CONFIG.population, "generations": CONFIG.generations, "per_seed": rows, "pbt_wins_seeds_0_2": sum(r["pbt_wins"] for r in rows[:3]),
+        "pbt_wins": sum(r["pbt_wins"] for r in rows), "seeds": len(rows),
+        "pbt_over_random_best_loss_median": statistics.median(
+            r["pbt_best_val_loss"] / r["random_best_val_loss"] for r in rows),
         "overhead_fraction_median": statistics.median(fractions),
         "overhead_fraction_max": max(fractions),
         "checkpoint_load_s_median": statistics.median(m["load_s"] for m in members),
@@ -34,5 +42,6 @@ def test_pbt_against_random_search_at_equal_compute(local_dask, tmp_path, write_
     }
     write_record("bench_pbt", "PBT benchmarks", TARGETS, record)
     for r in rows:
-        assert r["pbt_epochs"] == r["random_epochs"] == 6 * 4  # equal compute, by construction
+        # equal compute, by construction
+        assert r["pbt_epochs"] == r["random_epochs"] == CONFIG.population * CONFIG.generations
     assert 0 <= record["overhead_fraction_max"] < 0.5  # sanity; the target is recorded

@@ -69,6 +69,10 @@ def test_a_job_slurm_would_refuse_is_reported_before_submitting(slurm, tiny_data
     assert "SLURM refuses the Dask worker's job" in out.stderr
     assert "nosuchfeature" in out.stderr and "#SBATCH" in out.stderr  # the job script is shown
     assert _dask_jobs(slurm) == []
+    # the store was made; the same root with other settings is refused, naming what differs
+    other = subprocess.run(_pbt_cli(tmp_path / "run", tiny_data, "--survivors", "0.25"),
+                           env=slurm, capture_output=True, text=True, timeout=120)
+    assert other.returncode == 1 and "already holds a PBT run with another config" in other.stderr
 
 
 @pytest.mark.parametrize("kwargs, message", [({"workers": 0}, "workers"), ({"threads": 1.5}, "threads"),
