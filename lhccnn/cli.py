@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from .cluster import ClusterError
-from .config import REPO
+from .config import REPO, notebooks
 from .pbt import PBTConfig
 
 
@@ -41,7 +41,7 @@ def run_notebooks(out: Path, smoke: bool = False, names=None) -> int:
     say which notebook and which cell failed (the executed copy in `out` shows the traceback)."""
     import papermill as pm
 
-    sources = sorted((REPO / "notebooks").glob("0*.ipynb"))
+    sources = notebooks()
     if names:
         sources = [p for p in sources if any(p.stem.startswith(n) for n in names)]
     out.mkdir(parents=True, exist_ok=True)
@@ -62,8 +62,7 @@ def run_notebooks(out: Path, smoke: bool = False, names=None) -> int:
     return 0
 
 
-SHAPE = ("population", "generations", "epochs_per_generation", "mutation_rate", "crossover_rate",
-         "survivors", "seed")
+SHAPE = tuple(f.name for f in dataclasses.fields(PBTConfig))  # a run's settings
 
 
 def run_pbt(a) -> int:
@@ -142,9 +141,8 @@ def main(argv=None) -> int:
     b.add_argument("--data", type=Path, default=None, help="folder of train.h5/val.h5 (default: the project's)")
     b.add_argument("--n-train", type=int, default=None, help="training events per member (default 4096)")
     b.add_argument("--n-val", type=int, default=None, help="validation events (default 1024)")
-    for name in SHAPE:
-        field = {f.name: f for f in dataclasses.fields(PBTConfig)}[name]
-        b.add_argument("--" + name.replace("_", "-"), type=type(field.default), default=None,
+    for field in dataclasses.fields(PBTConfig):
+        b.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=None,
                        help=f"PBT setting (default {field.default})")
     a = p.parse_args(argv)
     if a.cmd == "pbt":

@@ -96,6 +96,11 @@ def smoke() -> TrainConfig:
 REPO = Path(__file__).resolve().parents[1]
 
 
+def notebooks() -> list[Path]:
+    """The tutorial notebooks, in their order (also the book's chapters)."""
+    return sorted((REPO / "notebooks").glob("0*.ipynb"))
+
+
 def data_dir() -> Path:
     """Where the dataset lives: $LHCCNN_DATA_DIR, else data/synthetic in the source checkout."""
     env = os.environ.get("LHCCNN_DATA_DIR")

@@ -109,7 +109,9 @@ def breed(population: list[dict], losses, space: dict, rng: np.random.Generator,
            for i in elite(fit, min(n_elite, size))]
     pool = fit.copy()
     if n_parents is not None:  # the others cannot be drawn
-        pool[[i for i in range(len(fit)) if i not in elite(fit, n_parents)]] = 0.0
+        barred = np.ones(len(fit), dtype=bool)
+        barred[elite(fit, n_parents)] = False
+        pool[barred] = 0.0
     for i, j in select_parents(pool, size - len(nxt), rng):
         child = mutate(crossover(population[i], population[j], crossover_rate, rng), space,
                        mutation_rate, rng)

@@ -88,21 +88,22 @@ class SlurmDask:
     def _check_job_script(self) -> None:
         """`sbatch --test-only` on the worker's job script: refused now, not pending forever."""
         script = self.log_dir / "worker-job.sh"  # kept: what each worker job runs
-        script.write_text(self.job_script())
+        text = self.job_script()
+        script.write_text(text)
         try:
             slurm.run("sbatch", "--test-only", str(script))
         except slurm.SlurmError as e:
             raise ClusterError(f"SLURM refuses the Dask worker's job: {e}\n"
-                               f"job script ({script}):\n{self.job_script()}") from None
+                               f"job script ({script}):\n{text}") from None
 
     def _wait(self, timeout: float) -> None:
         """Until every worker has connected; else say what the jobs are doing (squeue's reason)."""
         start = time.monotonic()
-        while len(self.client.scheduler_info()["workers"]) < self.workers:
+        while (up := len(self.client.scheduler_info()["workers"])) < self.workers:
             if time.monotonic() - start > timeout:
                 states = self._queue_states()
                 raise ClusterError(
-                    f"{len(self.client.scheduler_info()['workers'])} of {self.workers} Dask workers "
+                    f"{up} of {self.workers} Dask workers "
                     f"connected after {timeout:.0f} s; their jobs: "
                     + ("; ".join(f"{j} {s}" for j, s in states.items()) or "none in the queue")
                     + f". Worker logs: {self.log_dir}")
@@ -131,7 +132,7 @@ class SlurmDask:
         deadline = time.monotonic() + timeout
         try:
             while ids and time.monotonic() < deadline:
-                left = [j for j in ids if j in self._queue_states()]
+                left = list(self._queue_states())
                 if not left:
                     return
                 subprocess.run(["scancel", *left], capture_output=True)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from lhccnn.config import notebooks
+
 REPO = Path(__file__).resolve().parents[1]
 MINISLURM = REPO / "recipes" / "minislurm" / "minislurm.sh"
 
@@ -21,7 +23,7 @@ os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
 os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
 
 TINY = {"train": 2048, "val": 512, "test": 512}
-BOOK_CHAPTERS = sorted(p.stem for p in (REPO / "notebooks").glob("0*.ipynb"))
+BOOK_CHAPTERS = [p.stem for p in notebooks()]
 
 
 @pytest.fixture(scope="session")

@@ -5,10 +5,9 @@ import re
 
 import pytest
 
-from lhccnn.config import REPO
+from lhccnn.config import notebooks
 
-# the book's chapters: every notebook, in order
-CHAPTERS = sorted(p.stem for p in (REPO / "notebooks").glob("0*.ipynb"))
+CHAPTERS = [p.stem for p in notebooks()]
 
 # figures (img) each chapter must show, and whether it carries live widgets
 EXPECTED = {"01_cluster_startup": (1, False), "02_horovod_scaling": (3, False),

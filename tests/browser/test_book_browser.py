@@ -8,13 +8,12 @@ import threading
 
 import pytest
 
-from lhccnn.config import REPO, results_dir
+from lhccnn.config import notebooks, results_dir
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-# the book's chapters: every notebook, in order
-CHAPTERS = sorted(p.stem for p in (REPO / "notebooks").glob("0*.ipynb"))
+CHAPTERS = [p.stem for p in notebooks()]
 
 
 
