@@ -65,20 +65,41 @@ def run_notebooks(out: Path, smoke: bool = False, names=None) -> int:
 SHAPE = tuple(f.name for f in dataclasses.fields(PBTConfig))  # a run's settings
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def _size(text: str) -> str:
+    from dask.utils import parse_bytes
+
+    try:
+        parse_bytes(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a size like 4GiB or 500MB, got {text!r}") from None
+    return text
+
+
 def run_pbt(a) -> int:
     """A PBT run on Dask workers that are SLURM jobs (dask-jobqueue); a second call with the
     same root resumes it. Ctrl-C (or SIGTERM) cancels the worker jobs and keeps what finished."""
     import signal
 
-    from .config import TrainConfig
+    from .config import TrainConfig, data_dir
+    from .data import validate_file
     from .jobqueue import SlurmDask
-    from .pbt import PBT
+    from .pbt import PBT, GenerationFailed
 
     def report(pbt, g):
         h = pbt.history()[g]
         print(f"generation {g}: best val_loss {h['best_val_loss']:.4f} ({h['best']}), mean "
               f"{h['mean_val_loss']:.4f}, {h['wall_s']:.0f} s, overhead "
               f"{100 * h['overhead_fraction']:.1f} %", flush=True)
+
+    def check_data(folder):  # a missing or malformed file: said now, not by every member
+        for split in ("train", "val"):
+            validate_file(Path(folder or data_dir()) / f"{split}.h5", check_values=False)
 
     def terminate(signum, frame):
         raise KeyboardInterrupt
@@ -89,7 +110,9 @@ def run_pbt(a) -> int:
     try:
         if (a.root / "pbt.json").exists() and not given and a.n_train is None and a.n_val is None:
             run = PBT(a.root)  # resume as it was started
+            check_data(run.data)
         else:
+            check_data(a.data)
             base = TrainConfig(n_train=a.n_train or 4096, n_val=a.n_val or 1024, batch_size=64,
                                epochs=1, warmup_epochs=0.0,
                                intra_threads=a.cpus or 1)  # one member at a time per worker job
@@ -107,7 +130,7 @@ def run_pbt(a) -> int:
         print(f"interrupted after {done} finished generations; the worker jobs are cancelled. "
               f"Run the same command again to resume.", file=sys.stderr)
         return 130
-    except (ClusterError, ValueError) as e:
+    except (ClusterError, GenerationFailed, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"best val_loss {run.best_fom():.4f}; best lineage {' -> '.join(run.best_lineage())}\n"
@@ -132,9 +155,9 @@ def main(argv=None) -> int:
     b = sub.add_parser("pbt", help="population-based training on Dask workers that are SLURM jobs",
                        description=run_pbt.__doc__)
     b.add_argument("root", type=Path, help="the run's store (an existing one resumes)")
-    b.add_argument("--workers", type=int, default=2, help="SLURM jobs, one Dask worker each (default 2)")
-    b.add_argument("--cpus", type=int, default=None, help="CPUs per worker job (default 1)")
-    b.add_argument("--memory", default="4GiB", help="memory per worker job (default 4GiB)")
+    b.add_argument("--workers", type=_positive_int, default=2, help="SLURM jobs, one Dask worker each (default 2)")
+    b.add_argument("--cpus", type=_positive_int, default=None, help="CPUs per worker job (default 1)")
+    b.add_argument("--memory", type=_size, default="4GiB", help="memory per worker job (default 4GiB)")
     b.add_argument("--walltime", default="00:30:00", help="time limit of each worker job")
     b.add_argument("--sbatch", default="", help='more sbatch options, e.g. "-C cpu -q regular -A m1234"')
     b.add_argument("--wait", type=float, default=300, help="seconds to wait for the workers (default 300)")

@@ -138,6 +138,10 @@ class CheckpointError(RuntimeError):
     pass
 
 
+class GenerationFailed(RuntimeError):
+    """No member of a generation reached a figure of merit: nothing to breed from."""
+
+
 def save_checkpoint(model, path: Path) -> str:
     """Write the weights through a temp file and rename (atomic); returns the file's sha256."""
     tmp = path.with_name(".checkpoint.tmp.h5")
@@ -545,19 +549,24 @@ class PBT:
                     log.warning("%s failed: %s", t, e)
                 bar.update()
         wall = time.perf_counter() - t0
+        statuses = {t: self.store.status(t) for t in ids}
+        if not any(math.isfinite(st.get("val_loss", math.nan)) for st in statuses.values()):
+            # left unfinished: after the cause is fixed, run() trains these members again
+            t, st = next(iter(statuses.items()))
+            raise GenerationFailed(f"generation {g}: no member reached a finite val_loss; {t} "
+                                   f"{st.get('status')}: {st.get('reason', 'val_loss not finite')}")
         rec = self.generation_record(g)
-        rec.update(self._timing(ids, wall, len(client.scheduler_info()["workers"]) or 1))
+        rec.update(self._timing(statuses.values(), wall, len(client.scheduler_info()["workers"]) or 1))
         rec["finished"] = time.time()
         _write_json(self._gen_path(g), rec)
 
-    def _timing(self, ids, wall: float, workers: int) -> dict:
+    def _timing(self, statuses, wall: float, workers: int) -> dict:
         """Overhead of a generation as the paper counts it: checkpoint save/load and scheduling.
         Work is what a member's task does besides checkpoints (model and data setup, training,
         validation); overhead = wall time less the busiest worker's work."""
         work: dict = {}
         ckpt = setup = 0.0
-        for t in ids:
-            st = self.store.status(t)
+        for st in statuses:
             if "task_seconds" in st:
                 w = st.get("engine")
                 work[w] = work.get(w, 0.0) + st["task_seconds"] - st["load_s"] - st["save_s"]

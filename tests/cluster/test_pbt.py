@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lhccnn.config import smoke
-from lhccnn.pbt import PBT, PBTConfig, verify_checkpoint
+from lhccnn.pbt import PBT, GenerationFailed, PBTConfig, verify_checkpoint
 
 BASE = smoke().replace(n_train=512, n_val=256)
 CONFIG = PBTConfig(population=4, generations=3, mutation_rate=0.3, seed=7)
@@ -113,3 +113,10 @@ def test_pause_holds_the_run_at_the_boundary_until_resumed(local_dask, tiny_data
     pbt.steering.resume()
     pbt.wait(timeout=120)
     assert pbt.finished_generations() == 2
+
+
+def test_a_generation_where_every_member_fails_stops_the_run_with_the_reason(local_dask, tmp_path):
+    pbt = PBT(tmp_path / "run", BASE, config=CONFIG, data=tmp_path / "no-data")
+    with pytest.raises(GenerationFailed, match=r"generation 0: .*no-data/train.h5: no such file"):
+        pbt.run(local_dask, progress=False)
+    assert pbt.finished_generations() == 0 and pbt.members(1) == []  # nothing bred from it

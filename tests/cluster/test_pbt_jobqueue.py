@@ -75,6 +75,20 @@ def test_a_job_slurm_would_refuse_is_reported_before_submitting(slurm, tiny_data
     assert other.returncode == 1 and "already holds a PBT run with another config" in other.stderr
 
 
+@pytest.mark.parametrize("bad, code, message", [
+    (("--workers", "0"), 2, "argument --workers: must be an integer >= 1, got '0'"),
+    (("--memory", "lots"), 2, "argument --memory: must be a size like 4GiB"),
+    (("--survivors", "2"), 1, "survivors must be a fraction in (0, 1)"),
+    (("--data", "nowhere"), 1, "nowhere/train.h5: no such file"),
+])
+def test_bad_command_line_values_are_refused_before_anything_starts(bad, code, message, tiny_data,
+                                                                     tmp_path):
+    out = subprocess.run(_pbt_cli(tmp_path / "run", tiny_data, *bad),  # the later option wins
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == code and message in out.stderr, out.stdout + out.stderr
+    assert not (tmp_path / "run" / "pbt.json").exists()  # no store made from a refused command
+
+
 @pytest.mark.parametrize("kwargs, message", [({"workers": 0}, "workers"), ({"threads": 1.5}, "threads"),
                                              ({"wait": 0}, "wait")])
 def test_bad_worker_requests_are_refused(kwargs, message):
