@@ -43,6 +43,11 @@ def run_notebooks(out: Path, smoke: bool = False, names=None) -> int:
 
     sources = notebooks()
     if names:
+        unknown = [n for n in names if not any(p.stem.startswith(n) for p in sources)]
+        if unknown:
+            print(f"error: no notebook matches {', '.join(map(repr, unknown))}; the notebooks are "
+                  f"{', '.join(p.stem for p in sources)}", file=sys.stderr)
+            return 2
         sources = [p for p in sources if any(p.stem.startswith(n) for n in names)]
     out.mkdir(parents=True, exist_ok=True)
     for src in sources:

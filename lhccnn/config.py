@@ -9,6 +9,8 @@ from pathlib import Path
 
 # Image geometry of the real dataset: 64 x 64 cells in (eta, phi), one channel.
 IMAGE_SHAPE = (64, 64, 1)
+# Each conv block ends with a 2x2 max-pooling: 64 -> 32 -> ... -> 1 after six blocks.
+MAX_CONV_BLOCKS = min(IMAGE_SHAPE[:2]).bit_length() - 1
 
 OPTIMIZERS = ("Adam", "Nadam", "Adadelta", "SGD", "RMSprop")
 LR_SCALING = ("none", "linear", "sqrt")
@@ -30,6 +32,11 @@ class ModelConfig:
         object.__setattr__(self, "dense_sizes", tuple(int(d) for d in self.dense_sizes))
         if not self.conv_sizes or any(c < 1 for c in self.conv_sizes):
             raise ValueError(f"conv_sizes must be positive integers, got {self.conv_sizes}")
+        if len(self.conv_sizes) > MAX_CONV_BLOCKS:
+            raise ValueError(
+                f"conv_sizes {','.join(map(str, self.conv_sizes))} has {len(self.conv_sizes)} "
+                f"conv/pool blocks; each halves the {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} image, so at "
+                f"most {MAX_CONV_BLOCKS} fit")
         if any(d < 1 for d in self.dense_sizes):
             raise ValueError(f"dense_sizes must be positive integers, got {self.dense_sizes}")
         if not 0.0 <= self.dropout < 1.0:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from .config import OPTIMIZERS, TrainConfig
 from .hpo import Choice, run_trial, validate_space
-from .store import Store
+from .store import ENDED, Store
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,8 @@ class Dashboard:
             if c not in df:
                 df[c] = None
         df = df[COLUMNS].copy()
-        # engine ids are ints, but a column with gaps would show them as floats (1.0)
-        df["engine"] = df["engine"].map(lambda v: "" if pd.isna(v) else str(int(v)))
+        # where a trial runs: an engine id (HPO) or a Dask worker's address (PBT); blank if none
+        df["engine"] = df["engine"].map(lambda v: "" if v is None or pd.isna(v) else str(v))
         for c in ("conv_sizes", "dense_sizes"):  # lists do not sort or display well in a grid
             df[c] = df[c].map(lambda v: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
         return df.round({"loss": 4, "val_loss": 4, "val_accuracy": 4, "seconds": 1})
@@ -194,7 +194,19 @@ class Dashboard:
     def _on_select(self, event, grid):
         rows = event["new"]
         self.selected = grid.get_selected_df().index[0] if rows else None
+        self._fill_form(self.selected)
         self._refresh_curves()
+
+    def _fill_form(self, trial_id) -> None:
+        """Show the selected trial's own values in the form, so that Restart with no edits
+        changes nothing and an edit starts from what the trial has."""
+        config = self.store.config(trial_id) if trial_id is not None else None
+        if not config:
+            return
+        for key, widget in (("lr", self.form_lr), ("dropout", self.form_dropout),
+                            ("optimizer", self.form_opt)):
+            if key in config:
+                widget.value = config[key]
 
     def shown(self) -> pd.DataFrame:
         """The table as the grid shows it now."""
@@ -228,51 +240,67 @@ class Dashboard:
                 self.futures[t] = self.view.apply_async(run_trial, str(self.store.root), t,
                                                         self.base, data, self.n_test)
 
-    def stop(self, trial_id: str | None, hard_after: float = 60.0) -> str:
-        """Stop a trial: abort it if still queued; else ask it to stop, and interrupt its engine
-        if it has not stopped after `hard_after` seconds (a hung trial)."""
+    def stop(self, trial_id: str | None, hard_after: float = 60.0, fence_after: float = 15.0) -> str:
+        """Stop a trial for good: a queued trial never starts; a running one is asked to stop
+        (checked within half a second); one that has not stopped after `hard_after` seconds is
+        interrupted on its engine (only that trial reacts: a SIGINT reaching an engine that now
+        runs another trial is ignored there); one still running `fence_after` seconds later is
+        marked stopped and its attempt fenced off, so nothing it writes afterwards counts. No
+        retry can resurrect it: the stop request stays until Restart."""
         if trial_id is None:
             raise ValueError("select a trial first")
-        st = self.store.status(trial_id)
-        fut = self.futures.get(trial_id)
-        if st["status"] == "queued":
+        before = self.store.status(trial_id)["status"]
+        if before in ENDED:
+            raise ValueError(f"{trial_id} is {before}, not running")
+        st = self.store.request_stop(trial_id, reason="stopped from the dashboard")
+        if st["status"] == "stopped":  # it was queued (or its attempt was dead): never trains
+            fut = self.futures.get(trial_id)
             if fut is not None and not fut.ready():
-                fut.abort()
-            self.store.set_status(trial_id, "stopped", reason="aborted before it started")
-            return f"{trial_id} aborted before it started"
+                fut.abort()  # it would not train anyway; this frees its place in the queue
+            return f"{trial_id} aborted before it started" if before == "queued" else f"{trial_id} stopped"
         if st["status"] != "running":
-            raise ValueError(f"{trial_id} is {st['status']}, not running")
-        self.store.request_stop(trial_id)
-        deadline = time.monotonic() + hard_after
-        while time.monotonic() < deadline:
+            return f"{trial_id} ended {st['status']} before the stop request"
+        token = st.get("token")
+        if self._wait_ended(trial_id, hard_after):
+            return f"{trial_id} stopped after epoch {len(self.store.metrics(trial_id))}"
+        now = self.store.status(trial_id)
+        if (self.view is not None and now.get("token") == token
+                and now.get("engine_id") is not None):
+            self.view.client.send_signal(signal.SIGINT, targets=[now["engine_id"]], block=True)
+            if self._wait_ended(trial_id, fence_after):
+                return (f"{trial_id} did not stop within {hard_after:.0f} s: its engine was "
+                        "interrupted")
+        self.store.force_stop(trial_id, reason=f"did not stop within {hard_after + fence_after:.0f} s")
+        return f"{trial_id} did not answer: marked stopped, its attempt can no longer write"
+
+    def _wait_ended(self, trial_id: str, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while True:
             if self.store.status(trial_id)["status"] != "running":
-                return f"{trial_id} stopped after epoch {len(self.store.metrics(trial_id))}"
+                return True
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.2)
-        # the cooperative stop went unanswered: interrupt the engine, which stays usable
-        if self.view is not None and st.get("engine") is not None:
-            self.view.client.send_signal(signal.SIGINT, targets=[st["engine"]], block=True)
-        self.store.clear_stop(trial_id)
-        self.store.set_status(trial_id, "stopped", reason=f"interrupted after {hard_after:.0f} s")
-        return f"{trial_id} did not stop within {hard_after:.0f} s: its engine was interrupted"
 
     def restart(self, trial_id: str | None, **changes) -> str:
-        """Resume a stopped (or failed) trial from its checkpoint, optionally with new values of
-        non-architecture hyper-parameters (lr, dropout, optimizer, batch size)."""
+        """Resume a stopped, failed or diverged trial from its checkpoint, optionally with new
+        values of non-architecture hyper-parameters (lr, dropout, optimizer, batch size); values
+        equal to the trial's own are no change."""
         if trial_id is None:
             raise ValueError("select a trial first")
         st = self.store.status(trial_id)["status"]
         if st in ("running", "queued"):
             raise ValueError(f"{trial_id} is {st}: stop it first")
         config = self.store.config(trial_id)
-        changed = {k: v for k, v in changes.items() if config.get(k, v) != v or k not in config}
+        changed = {k: v for k, v in changes.items() if k not in config or not _same(config[k], v)}
         bad = [k for k in changed if k in ARCHITECTURE]
         if bad:
             raise ValueError(f"cannot change {', '.join(bad)} on a restart: the checkpoint's "
                              "weights would not fit; add a new trial instead")
         _check_values(changed)
+        self.store.requeue(trial_id)  # refuses a completed trial, naming its state
         if changed:
             self.store.update_config(trial_id, changed)
-        self.store.set_status(trial_id, "queued")
         self.submit([trial_id])
         edits = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in changed.items())

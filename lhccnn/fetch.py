@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import logging
 import os
@@ -15,6 +14,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+from .files import sha256_of  # noqa: F401 (part of this module's API)
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +78,6 @@ def synthetic_matches(path, n: int, seed: int) -> str | None:
         got["generator"] = got["generator"].decode()
     diff = [f"{k}={got[k]!r} (want {v!r})" for k, v in want.items() if got[k] != v]
     return f"{path}: exists with {', '.join(diff)}" if diff else None
-
-
-def sha256_of(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,7 +315,11 @@ def run(args) -> None:
             raise FetchError(f"{', '.join(used)} only apply to --source synthetic")
     if args.source != "download" and args.base_url:
         raise FetchError("--base-url only applies to --source download")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FetchError(f"{out}: cannot create the output folder ({e.strerror}); choose another "
+                         "with --out") from None
     if args.source == "synthetic":
         sizes = {s: v if v is not None else synthetic.SPLITS[s]["n"]
                  for s, v in (("train", args.n_train), ("val", args.n_val),

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .config import OPTIMIZERS, ModelConfig, TrainConfig, data_dir
-from .store import Store
+from .config import MAX_CONV_BLOCKS, OPTIMIZERS, ModelConfig, TrainConfig, data_dir
+from .runner import _end, callback, run_attempt
+from .store import ENDED, CheckpointError, DriverLock, Store
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +80,13 @@ def _check_sizes(v):
     return isinstance(v, (tuple, list)) and len(v) > 0 and all(int(x) >= 1 for x in v)
 
 
+def _check_conv(v):
+    return _check_sizes(v) and len(v) <= MAX_CONV_BLOCKS
+
+
 CHECKS = {
-    "conv_sizes": (_check_sizes, "a non-empty tuple of positive ints"),
+    "conv_sizes": (_check_conv, f"a tuple of 1 to {MAX_CONV_BLOCKS} positive ints (each conv "
+                                "block halves the 64x64 image)"),
     "dense_sizes": (_check_sizes, "a non-empty tuple of positive ints"),
     "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
@@ -150,155 +157,179 @@ def trial_config(base: TrainConfig, hp: dict) -> TrainConfig:
 # ---------------------------------------------------------------------------- one trial
 def run_trial(store_root: str, trial_id: str, base: TrainConfig, data: str | None = None,
               n_test: int | None = 2048) -> dict:
-    """Run one trial on this engine: train, write metrics/checkpoint/status to the store.
+    """Run one attempt at a trial on this engine (see lhccnn.runner): train, write metrics,
+    verified checkpoints and the status to the store; return the status record.
 
-    Resumes from the trial's checkpoint if an earlier attempt got part of the way (an engine
-    that died, a stop). A stop request (store flag, checked after every batch) ends the trial
-    with status "stopped"; a NaN loss, or a model that predicts only the majority class, ends
-    it as "diverged". Returns the trial's final status record.
+    Resumes from the trial's last verified checkpoint (weights and optimizer state) if an
+    earlier attempt got part of the way; a checkpoint that does not verify restarts the trial
+    from scratch with a warning naming the file. A stop request ends it "stopped"; a NaN loss,
+    or a model that predicts only the majority class, "diverged"; its own errors "failed".
     """
-    task_started = time.time()  # the whole task, imports and evaluation included
+    return run_attempt(store_root, trial_id,
+                       lambda attempt: _train_trial(attempt, base, data, n_test))
+
+
+def _train_trial(attempt, base: TrainConfig, data, n_test) -> dict:
     import tensorflow as tf
 
-    from .data import make_dataset, steps_per_epoch
+    from . import train
     from .model import build_model
-    from .train import collapsed, configure_threads, evaluate
 
-    store = Store(store_root)
-    hp = store.config(trial_id)
-    config = trial_config(base, _tuples(hp))
+    store, trial_id = attempt.store, attempt.trial_id
+    config = trial_config(base, store.config(trial_id))
     data = Path(data) if data else data_dir()
-    configure_threads(config.intra_threads, config.inter_threads)
+    train.configure_threads(config.intra_threads, config.inter_threads)
     tf.keras.utils.set_random_seed(config.seed)
-    done = store.metrics(trial_id)
-    start_epoch = done[-1]["epoch"] if done else 0
-    store.clear_stop(trial_id)
-    store.start_attempt(trial_id, engine=_engine_id(), task_started=task_started)
+    st = store.status(trial_id)
+    start_epoch = (st.get("checkpoint") or {}).get("epoch", 0)
     t0 = time.perf_counter()
-
-    train_ds, shard = make_dataset(data / "train.h5", config.batch_size, n=config.n_train,
-                                   shuffle=True, seed=config.seed + start_epoch,
-                                   streaming=config.streaming, repeat=True)
-    val_ds, val_shard = make_dataset(data / "val.h5", config.batch_size, n=config.n_val,
-                                     shuffle=False, streaming=config.streaming, repeat=True)
+    pipes = train.pipelines(config, data, seed=config.seed + start_epoch)
     model = build_model(config.model)
-    ckpt = store.checkpoint(trial_id)
-    if start_epoch and ckpt.exists():
-        model.load_weights(str(ckpt))  # the optimizer's moments start afresh: documented cost
-        log.info("%s: resuming after epoch %d", trial_id, start_epoch)
-    else:
-        start_epoch = 0
+    if start_epoch:
+        try:
+            rec = store.load_checkpoint(model, trial_id, optimizer=config.model.optimizer)
+            log.info("%s: resuming after epoch %d (optimizer state %s)", trial_id, start_epoch,
+                     "kept" if rec["optimizer_loaded"] else "afresh")
+        except (CheckpointError, OSError, ValueError) as e:
+            msg = f"{trial_id}: checkpoint unusable ({e}); training from scratch"
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            log.warning(msg)
+            start_epoch = 0
+            model = build_model(config.model)
+            pipes = train.pipelines(config, data, seed=config.seed)
 
-    class ToStore(tf.keras.callbacks.Callback):
-        stopped = False
-        nan = False
-
-        def on_train_batch_end(self, batch, logs=None):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(loss):
-                self.nan = self.model.stop_training = True
-            elif store.stop_requested(trial_id):  # cooperative stop, checked every batch
-                self.stopped = self.model.stop_training = True
-
-        def on_epoch_end(self, epoch, logs=None):
-            if self.stopped or self.nan:
-                return
-            tmp = ckpt.with_name(".checkpoint.tmp.h5")
-            self.model.save_weights(str(tmp))
-            tmp.replace(ckpt)  # atomic: a kill never leaves half a checkpoint
-            store.append_metrics(trial_id, {"epoch": epoch + 1, "time": time.time(),
-                                            **{k: float(v) for k, v in (logs or {}).items()}})
-
-    cb = ToStore()
-    model.fit(train_ds, epochs=config.epochs, initial_epoch=start_epoch,
-              steps_per_epoch=steps_per_epoch(shard, config.batch_size), validation_data=val_ds,
-              validation_steps=steps_per_epoch(val_shard, config.batch_size), callbacks=[cb],
-              verbose=0)
+    cb = callback(attempt, optimizer=config.model.optimizer)
+    train.fit(model, pipes, config.epochs, initial_epoch=start_epoch, callbacks=[cb])
     # earlier attempts that ended cleanly (a stop) recorded their seconds; add this one's
-    seconds = (store.status(trial_id).get("seconds") or 0) + time.perf_counter() - t0
-    end = {"seconds": seconds}
+    end = {"seconds": (st.get("seconds") or 0) + time.perf_counter() - t0}
+    task_started = st.get("task_started") or time.time()
     if cb.nan:
-        return store.set_status(trial_id, "diverged", reason="loss became NaN", **_ended(end, task_started))
+        return _end(attempt, "diverged", task_started, reason="loss became NaN", **end)
     if cb.stopped:
-        store.clear_stop(trial_id)
-        return store.set_status(trial_id, "stopped", **_ended(end, task_started))
-    end["test"] = evaluate(model, data / "test.h5", n=n_test)
-    if collapsed(end["test"]["accuracy"], end["test"]["majority_rate"]):
-        return store.set_status(trial_id, "diverged", reason="predicts the majority class only",
-                                **_ended(end, task_started))
-    return store.set_status(trial_id, "completed", **_ended(end, task_started))
-
-
-def _ended(fields: dict, task_started: float) -> dict:
-    now = time.time()
-    return {**fields, "finished": now, "task_seconds": now - task_started}
-
-
-def _engine_id():
-    """This IPyParallel engine's id, or None outside an engine."""
-    from IPython import get_ipython
-
-    return getattr(getattr(get_ipython(), "kernel", None), "engine_id", None)
-
-
-def _tuples(hp: dict) -> dict:
-    """JSON turns tuples into lists; the model config wants tuples back."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in hp.items()}
+        return _end(attempt, "stopped", task_started, reason="stopped by request", **end)
+    end["test"] = train.evaluate(model, data / "test.h5", n=n_test)
+    if train.collapsed(end["test"]["accuracy"], end["test"]["majority_rate"]):
+        return _end(attempt, "diverged", task_started, reason="predicts the majority class only",
+                    **end)
+    return _end(attempt, "completed", task_started, **end)
 
 
 def load_trial_model(store: Store, trial_id: str, base: TrainConfig):
-    """A trial's model with the weights of its last checkpoint."""
+    """A trial's model with the weights of its last verified checkpoint."""
     from .model import build_model
 
-    config = trial_config(base, _tuples(store.config(trial_id)))
+    config = trial_config(base, store.config(trial_id))
     model = build_model(config.model, compile=False)
-    model.load_weights(str(store.checkpoint(trial_id)))
+    store.load_checkpoint(model, trial_id)
     return model
 
 
 # ---------------------------------------------------------------------------- the search
 def random_search(view, space: dict, n_trials: int, store: Store, base: TrainConfig,
                   seed: int = 0, data=None, retries: int = 2, n_test: int | None = 2048,
-                  progress: bool = True) -> "pandas.DataFrame":
+                  progress: bool = True, **wait) -> "pandas.DataFrame":
     """Sample n_trials configurations, run them on a load-balanced view, return the table.
 
     Each trial is one task; IPyParallel retries a task whose engine died (`retries`), and the
     retry resumes from the trial's checkpoint. Results live in the store, so a kernel restart
-    loses nothing: `store.dataframe()` reads them back.
+    loses nothing: `resume` finishes a study whose driver died, `store.dataframe()` reads it.
     """
     validate_space(space)
     if n_trials < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+    if store.trial_ids():
+        raise ValueError(f"{store.root} already holds a study of {len(store.trial_ids())} trials: "
+                         "finish it with hpo.resume(view, store, base), or use a new folder")
     rng = np.random.default_rng(seed)
     ids = [store.create_trial(sample(space, rng)) for _ in range(n_trials)]
     return run_trials(view, store, ids, base, data=data, retries=retries, n_test=n_test,
-                      progress=progress)
+                      progress=progress, **wait)
+
+
+def unfinished(store: Store) -> list[str]:
+    """Trials that still need to run: queued, or running with a dead attempt (its engine or
+    the kernel that drove it died)."""
+    out = []
+    for t in store.trial_ids():
+        st = store.status(t)
+        if st.get("status") == "queued" or (st.get("status") == "running"
+                                            and not store.attempt_alive(t, st)):
+            out.append(t)
+    return out
+
+
+def resume(view, store: Store, base: TrainConfig, data=None, retries: int = 2,
+           n_test: int | None = 2048, progress: bool = True, **wait) -> "pandas.DataFrame":
+    """Finish a study whose kernel died: run its unfinished trials (each from its own last
+    verified checkpoint, so no finished epoch is trained again), then return the table."""
+    return run_trials(view, store, unfinished(store), base, data=data, retries=retries,
+                      n_test=n_test, progress=progress, **wait)
 
 
 def run_trials(view, store: Store, trial_ids, base: TrainConfig, data=None, retries: int = 2,
-               n_test: int | None = 2048, progress: bool = True):
-    """Submit existing trials to a load-balanced view and wait for all, with a progress bar."""
+               n_test: int | None = 2048, progress: bool = True, timeout: float | None = None,
+               no_engines_grace: float = 30.0, poll: float = 0.2):
+    """Submit existing trials to a load-balanced view and wait for all, with a progress bar.
+
+    One driver per study: the store's lock is held while this runs (a second driver is
+    refused, naming the first). No wait is unbounded: a trial whose task cannot run any more
+    (retries spent, no engine left for `no_engines_grace` seconds, or `timeout` passed) is
+    marked failed with the reason; a trial that another live attempt runs is watched through
+    its heartbeat and re-submitted if that attempt dies.
+    """
     from tqdm.auto import tqdm
 
     data = str(data) if data else None
-    with view.temp_flags(retries=retries):
-        futures = {view.apply_async(run_trial, str(store.root), t, base, data, n_test): t
-                   for t in trial_ids}
-    with tqdm(total=len(futures), desc="trials", unit="trial", disable=not progress) as bar:
-        pending = set(futures)
-        while pending:
-            ready = {f for f in pending if f.ready()}
-            for f in ready:
-                t = futures[f]
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def submit(ids):
+        with view.temp_flags(retries=retries):
+            return {view.apply_async(run_trial, str(store.root), t, base, data, n_test): t
+                    for t in ids}
+
+    with DriverLock(store.root, holder="hpo.run_trials"), \
+            tqdm(total=len(trial_ids), desc="trials", unit="trial", disable=not progress) as bar:
+        futures, watched = submit(trial_ids), set()
+        no_engines_since = None
+        while futures or watched:
+            for f in [f for f in futures if f.ready()]:
+                t = futures.pop(f)
                 try:
                     st = f.get()
-                    bar.set_postfix_str(f"{t}: {st['status']}")
-                except Exception as e:  # retries exhausted: recorded, the search goes on
-                    store.set_status(t, "failed", reason=f"{type(e).__name__}: {e}"[:500])
-                    bar.set_postfix_str(f"{t}: failed")
+                except Exception as e:  # the task could not run: retries spent on dead engines
+                    st = store.fail(t, f"{type(e).__name__}: {e}")
+                if st.get("status") in ("queued", "running"):
+                    watched.add(t)  # run live by another attempt, or re-queued meanwhile
+                    continue
+                bar.set_postfix_str(f"{t}: {st['status']}")
                 bar.update()
-            pending -= ready
-            time.sleep(0.2)
+            for t in list(watched):
+                st = store.status(t)
+                if st.get("status") in ENDED:
+                    watched.discard(t)
+                    bar.set_postfix_str(f"{t}: {st['status']}")
+                    bar.update()
+                elif st.get("status") == "queued" or not store.attempt_alive(t, st):
+                    watched.discard(t)
+                    futures.update(submit([t]))
+            no_engines_since = (None if view.client.ids else no_engines_since or time.monotonic())
+            reason = None
+            if no_engines_since is not None and time.monotonic() - no_engines_since > no_engines_grace:
+                reason = f"no engine left for {no_engines_grace:.0f} s"
+            elif deadline is not None and time.monotonic() > deadline:
+                reason = f"the search's timeout of {timeout:.0f} s passed"
+            if reason:
+                for f, t in futures.items():
+                    if not f.ready():
+                        f.abort()
+                    store.fail(t, reason)
+                    bar.update()
+                for t in watched:
+                    store.fail(t, reason)
+                    bar.update()
+                log.error("random search ended early: %s", reason)
+                break
+            time.sleep(poll)
     return store.dataframe()
 
 

@@ -26,9 +26,10 @@ import numpy as np
 
 from . import ga
 from .config import TrainConfig, data_dir
-from .fetch import sha256_of
+from .files import append_line, locked, read_json, read_lines, write_json
 from .hpo import Choice, LogUniform, Uniform, space_from_dict, space_to_dict, trial_config, validate_space
-from .store import Store, _read_json, _write_json
+from .runner import callback, run_attempt
+from .store import CheckpointError, DriverLock, Store
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +105,14 @@ class Steering:
         self.log_path = Path(root) / "steering.jsonl"
 
     def values(self) -> dict:
-        return _read_json(self.path, {})
+        return read_json(self.path, {})
 
     def set(self, **changes) -> dict:
         check_steering(**changes)
-        values = {**self.values(), **changes}
-        _write_json(self.path, values)
-        self._log({"event": "requested", **changes})
+        with locked(self.path.with_name(".steering.lock")):  # two steerers: neither change lost
+            values = {**self.values(), **changes}
+            write_json(self.path, values)
+            self._log({"event": "requested", **changes})
         return values
 
     def pause(self):
@@ -123,58 +125,30 @@ class Steering:
         return self.set(stopped=True)
 
     def events(self) -> list[dict]:
-        try:
-            return [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
-        except FileNotFoundError:
-            return []
+        """The steering log; a torn or interleaved line is skipped, the lines after it kept."""
+        return [e for e in read_lines(self.log_path) if "event" in e]
 
     def _log(self, row: dict) -> None:
-        with open(self.log_path, "a") as f:
-            f.write(json.dumps({"time": time.time(), **row}) + "\n")
+        append_line(self.log_path, {"time": time.time(), **row})
 
 
 # ---------------------------------------------------------------------------- checkpoints
-class CheckpointError(RuntimeError):
-    pass
-
-
 class GenerationFailed(RuntimeError):
     """No member of a generation reached a figure of merit: nothing to breed from."""
 
 
-def save_checkpoint(model, path: Path) -> str:
-    """Write the weights through a temp file and rename (atomic); returns the file's sha256."""
-    tmp = path.with_name(".checkpoint.tmp.h5")
-    model.save_weights(str(tmp))
-    digest = sha256_of(tmp)
-    tmp.replace(path)
-    return digest
-
-
-def verify_checkpoint(store: Store, trial_id: str) -> Path:
-    """The trial's checkpoint, if it is there and its sha256 is the one recorded when it was
-    written; CheckpointError saying what is wrong otherwise."""
-    path = store.checkpoint(trial_id)
-    expected = store.status(trial_id).get("sha256")
-    if not path.exists():
-        raise CheckpointError(f"{path}: missing")
-    if expected is None:
-        raise CheckpointError(f"{path}: no sha256 recorded for it (never finished writing)")
-    actual = sha256_of(path)
-    if actual != expected:
-        raise CheckpointError(f"{path}: sha256 {actual[:12]}… is not the recorded {expected[:12]}… "
-                              f"(corrupt or truncated, {path.stat().st_size} bytes)")
-    return path
-
-
-def load_inherited(model, store: Store, trial_id: str | None) -> tuple[str | None, list[str]]:
-    """Load the weights of `trial_id`; if its checkpoint is bad, its parent's previous one, and so
-    on up the lineage. Returns (the trial whose weights were loaded or None, the warnings)."""
+def load_inherited(model, store: Store, trial_id: str | None,
+                   optimizer: str | None = None) -> tuple[str | None, list[str], bool]:
+    """Load the verified checkpoint of `trial_id` (and its optimizer state, if `optimizer` is
+    the kind that saved it); if it is bad, its parent's, and so on up the lineage. Returns
+    (the trial whose weights were loaded or None, the warnings, whether the optimizer state
+    was kept). Restarting Adam's moments every generation would cost progress that random
+    search's uninterrupted trials keep; the learning rate stays the member's own."""
     warned = []
     while trial_id is not None:
         try:
-            model.load_weights(str(verify_checkpoint(store, trial_id)))
-            return trial_id, warned
+            rec = store.load_checkpoint(model, trial_id, optimizer=optimizer)
+            return trial_id, warned, rec["optimizer_loaded"]
         except (CheckpointError, OSError, ValueError) as e:
             parent = (store.config(trial_id) or {}).get("inherit")
             msg = f"checkpoint of {trial_id} unusable ({e}); falling back to " + (
@@ -183,36 +157,7 @@ def load_inherited(model, store: Store, trial_id: str | None) -> tuple[str | Non
             log.warning(msg)
             warned.append(msg)
             trial_id = parent
-    return None, warned
-
-
-def save_optimizer(model, path: Path) -> str:
-    """The optimizer's state (step count, moments) as .npz, atomically; returns its sha256."""
-    tmp = path.with_name(".optimizer.tmp.npz")
-    with open(tmp, "wb") as f:
-        np.savez(f, *model.optimizer.get_weights())
-    digest = sha256_of(tmp)
-    tmp.replace(path)
-    return digest
-
-
-def load_optimizer(model, store: Store, trial_id: str | None, optimizer: str) -> bool:
-    """Continue the optimizer of the member whose weights were loaded, if it used the same kind
-    of optimizer and its saved state verifies: restarting Adam's moments every generation
-    costs progress that random search's uninterrupted trials keep. The learning rate stays the
-    member's own (it is not part of the state)."""
-    if trial_id is None or (store.config(trial_id) or {}).get("optimizer") != optimizer:
-        return False
-    path = store.trial_dir(trial_id) / "optimizer.npz"
-    expected = store.status(trial_id).get("optimizer_sha256")
-    if not path.exists() or expected is None or sha256_of(path) != expected:
-        log.warning("optimizer state of %s missing or corrupt: starting it afresh", trial_id)
-        return False
-    with np.load(path) as f:
-        state = [f[f"arr_{i}"] for i in range(len(f.files))]
-    model.optimizer._create_all_weights(model.trainable_variables)  # legacy optimizer: make slots
-    model.optimizer.set_weights(state)
-    return True
+    return None, warned, False
 
 
 # ---------------------------------------------------------------------------- one member
@@ -224,85 +169,57 @@ def train_member(store_root: str, trial_id: str, base: TrainConfig, data: str | 
                  epochs: int = 1, seed: int = 0) -> dict:
     """Train one member for `epochs` epochs from its inherited weights (on a Dask worker).
 
-    Writes per-epoch metrics, the checkpoint (atomically, with its sha256) and the status with
-    the figure of merit (val_loss) and the time spent on each part. A retry of a member that
-    already finished (its worker died after the work was done) returns the recorded result.
+    One attempt as lhccnn.runner runs every trial: per-epoch metrics and verified checkpoints,
+    and a status with the figure of merit (val_loss) and the time spent on each part. A retry
+    of a member that already ended (its worker died after the work was done) returns the
+    recorded result.
     """
-    task_started = time.time()
+    return run_attempt(store_root, trial_id,
+                       lambda attempt: _train_member(attempt, base, data, epochs, seed))
+
+
+def _train_member(attempt, base: TrainConfig, data, epochs: int, seed: int) -> dict:
     import tensorflow as tf
 
-    from .data import make_dataset, steps_per_epoch
+    from . import train
     from .model import build_model
-    from .train import configure_threads
 
-    store = Store(store_root)
-    cfg, st = store.config(trial_id), store.status(trial_id)
-    if st.get("status") == "completed":
-        try:
-            verify_checkpoint(store, trial_id)
-            return st
-        except CheckpointError:
-            pass  # train it again
+    store, trial_id = attempt.store, attempt.trial_id
+    cfg = store.config(trial_id)
+    task_started = store.status(trial_id).get("task_started") or time.time()
     generation, member = cfg["generation"], cfg["member"]
     hp = {k: v for k, v in cfg.items() if k not in LINEAGE_KEYS}
     config = trial_config(base, hp).replace(epochs=epochs, seed=member_seed(seed, generation, member))
     data = Path(data) if data else data_dir()
-    configure_threads(config.intra_threads, config.inter_threads)
+    train.configure_threads(config.intra_threads, config.inter_threads)
     tf.keras.utils.set_random_seed(config.seed)
-    store.start_attempt(trial_id, engine=_worker_name(), task_started=task_started)
 
     t = time.perf_counter()
-    train_ds, shard = make_dataset(data / "train.h5", config.batch_size, n=config.n_train,
-                                   shuffle=True, seed=config.seed, streaming=config.streaming,
-                                   repeat=True)
-    val_ds, val_shard = make_dataset(data / "val.h5", config.batch_size, n=config.n_val,
-                                     shuffle=False, streaming=config.streaming, repeat=True)
+    pipes = train.pipelines(config, data)
     model = build_model(config.model)
     setup_s = time.perf_counter() - t
 
     t = time.perf_counter()
-    loaded_from, warned = load_inherited(model, store, cfg.get("inherit"))
-    optimizer_kept = load_optimizer(model, store, loaded_from, config.model.optimizer)
+    loaded_from, warned, optimizer_kept = load_inherited(model, store, cfg.get("inherit"),
+                                                         config.model.optimizer)
     load_s = time.perf_counter() - t
 
-    first_epoch = generation * epochs  # epochs are numbered along the lineage
-
-    class ToStore(tf.keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            store.append_metrics(trial_id, {"epoch": first_epoch + epoch + 1, "time": time.time(),
-                                            **{k: float(v) for k, v in (logs or {}).items()}})
-
+    # epochs are numbered along the lineage
+    cb = callback(attempt, epoch_offset=generation * epochs, optimizer=config.model.optimizer)
     t = time.perf_counter()
-    hist = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch(shard, config.batch_size),
-                     validation_data=val_ds,
-                     validation_steps=steps_per_epoch(val_shard, config.batch_size),
-                     callbacks=[ToStore()], verbose=0)
-    train_s = time.perf_counter() - t
-    val_loss = float(hist.history["val_loss"][-1])
-
-    t = time.perf_counter()
-    digest = save_checkpoint(model, store.checkpoint(trial_id))
-    optimizer_digest = save_optimizer(model, store.trial_dir(trial_id) / "optimizer.npz")
-    save_s = time.perf_counter() - t
+    history = train.fit(model, pipes, epochs, callbacks=[cb])
+    train_s = time.perf_counter() - t - cb.save_s
+    val_loss = math.nan if cb.nan else history["val_loss"][-1]
     now = time.time()
-    return store.set_status(
-        trial_id, "completed" if math.isfinite(val_loss) else "diverged", val_loss=val_loss,
-        val_accuracy=float(hist.history["val_accuracy"][-1]), sha256=digest,
-        optimizer_sha256=optimizer_digest, optimizer_kept=optimizer_kept,
+    return attempt.finish(
+        "completed" if math.isfinite(val_loss) else "diverged", val_loss=val_loss,
+        val_accuracy=history["val_accuracy"][-1], optimizer_kept=optimizer_kept,
         loaded_from=loaded_from, warnings=warned, setup_s=setup_s, load_s=load_s,
-        train_s=train_s, save_s=save_s, finished=now, task_seconds=now - task_started)
+        train_s=train_s, save_s=cb.save_s, finished=now, task_seconds=now - task_started,
+        **({"reason": "loss became NaN"} if cb.nan else {}))
 
 
 LINEAGE_KEYS = ("generation", "member", "parents", "inherit")
-
-
-def _worker_name():
-    try:
-        from distributed import get_worker
-
-        return get_worker().address
-    except (ImportError, ValueError):
-        return None
 
 
 def warm_up_worker() -> str:
@@ -324,13 +241,13 @@ class PBT:
         self.store = Store(self.root)
         self.steering = Steering(self.root)
         meta_path = self.root / "pbt.json"
-        meta = _read_json(meta_path)
+        meta = read_json(meta_path)
         if meta is None:
             space = validate_space(space or default_space())
             meta = {"base": (base or TrainConfig()).to_dict(), "space": space_to_dict(space),
                     "config": dataclasses.asdict(config or PBTConfig()),
                     "data": str(data) if data else None, "created": time.time()}
-            _write_json(meta_path, meta)
+            write_json(meta_path, meta)
             self.steering.set(**{k: meta["config"][k] for k in
                                  ("mutation_rate", "crossover_rate", "population")},
                               paused=False, stopped=False)
@@ -350,11 +267,11 @@ class PBT:
 
     # -------------------------------------------------------------- reading the store
     def members(self, generation: int) -> list[str]:
-        rec = _read_json(self._gen_path(generation))
+        rec = read_json(self._gen_path(generation))
         return rec["members"] if rec else []
 
     def generation_record(self, generation: int) -> dict | None:
-        return _read_json(self._gen_path(generation))
+        return read_json(self._gen_path(generation))
 
     def finished_generations(self) -> int:
         g = 0
@@ -419,26 +336,27 @@ class PBT:
         `client` is a dask.distributed Client (from `ipyparallel.Client.become_dask()` or
         dask-jobqueue); `on_generation(pbt, generation)` is called after each generation.
         Returns the history. A stop request left from an earlier run is cleared: calling run
-        again is the request to go on."""
-        if self.steering.values().get("stopped"):
-            self.steering.set(stopped=False)
-        g = self.finished_generations()
-        while g < self.config.generations:
-            values = self._apply_steering(g)
-            while values.get("paused") and not values.get("stopped"):
-                time.sleep(poll)
+        again is the request to go on. One driver per run: a second is refused (LockHeld)."""
+        with DriverLock(self.root, holder="pbt.run"):
+            if self.steering.values().get("stopped"):
+                self.steering.set(stopped=False)
+            g = self.finished_generations()
+            while g < self.config.generations:
                 values = self._apply_steering(g)
-            if values.get("stopped"):
-                log.info("stopped by steering before generation %d", g)
-                break
-            ids = self.members(g) or self._create_generation(g, values)
-            self._run_generation(client, g, ids, progress)
-            if on_generation:
-                try:
-                    on_generation(self, g)
-                except Exception:  # a plot that fails to redraw must not end the run
-                    log.exception("on_generation callback failed after generation %d", g)
-            g += 1
+                while values.get("paused") and not values.get("stopped"):
+                    time.sleep(poll)
+                    values = self._apply_steering(g)
+                if values.get("stopped"):
+                    log.info("stopped by steering before generation %d", g)
+                    break
+                ids = self.members(g) or self._create_generation(g, values)
+                self._run_generation(client, g, ids, progress)
+                if on_generation:
+                    try:
+                        on_generation(self, g)
+                    except Exception:  # a plot that fails to redraw must not end the run
+                        log.exception("on_generation callback failed after generation %d", g)
+                g += 1
         return self.history()
 
     def start(self, client, on_generation=None) -> threading.Thread:
@@ -508,7 +426,7 @@ class PBT:
                 {**p["hp"], "generation": g, "member": m, "parents": list(p["parents"]),
                  "inherit": p["inherit"]}, trial_id=f"g{g:03d}-m{m:02d}"))
         self._gen_path(g).parent.mkdir(exist_ok=True)
-        _write_json(self._gen_path(g), {"generation": g, "members": ids, "created": time.time(),
+        write_json(self._gen_path(g), {"generation": g, "members": ids, "created": time.time(),
                                         "steering": values})
         return ids
 
@@ -518,6 +436,9 @@ class PBT:
 
         t0 = time.perf_counter()
         todo = [t for t in ids if self.store.status(t).get("status") not in ("completed", "diverged")]
+        for t in todo:  # members that failed or were stopped in an earlier run: train them again
+            if self.store.status(t).get("status") in ("failed", "stopped"):
+                self.store.requeue(t)
         futures = {}
 
         def submit(t):
@@ -545,7 +466,7 @@ class PBT:
                         warnings.warn(f"{t}: {msg}", RuntimeWarning, stacklevel=2)
                     bar.set_postfix_str(f"{t}: val_loss {st.get('val_loss', math.nan):.4f}")
                 except Exception as e:  # a member that keeps failing gets fitness 0, the run goes on
-                    self.store.set_status(t, "failed", reason=f"{type(e).__name__}: {e}"[:500])
+                    self.store.fail(t, f"{type(e).__name__}: {e}")
                     log.warning("%s failed: %s", t, e)
                 bar.update()
         wall = time.perf_counter() - t0
@@ -558,7 +479,7 @@ class PBT:
         rec = self.generation_record(g)
         rec.update(self._timing(statuses.values(), wall, len(client.scheduler_info()["workers"]) or 1))
         rec["finished"] = time.time()
-        _write_json(self._gen_path(g), rec)
+        write_json(self._gen_path(g), rec)
 
     def _timing(self, statuses, wall: float, workers: int) -> dict:
         """Overhead of a generation as the paper counts it: checkpoint save/load and scheduling.

@@ -1,46 +1,118 @@
-"""Trials on disk: one directory per trial (config, per-epoch metrics, status, checkpoint).
+"""Trials on disk: one folder each, a state machine with one current attempt, verified checkpoints.
 
 Plain files, no database: many engines write different trials at once, and a parallel
-filesystem (Lustre) handles whole-file renames well but SQLite's locking badly. Every file but
-metrics.jsonl is replaced atomically (write a temp file, rename); metrics.jsonl is appended by
-the one process that runs the trial, a line per epoch, so a crash loses at most the line being
-written. Everything survives the kernel, the controller and the engines.
+filesystem (Lustre) handles whole-file renames well but SQLite's locking badly. A trial's
+folder holds config.json, status.json, metrics.jsonl (a line per epoch), attempts.jsonl (a line
+per attempt's start and end), its checkpoint (weights + optimizer state) and a heartbeat.
+
+Only the store changes a trial's state, and only along these arrows:
+
+    queued -> running -> completed | stopped | diverged | failed
+    queued -> stopped | failed;  running -> running (a new attempt after a dead one)
+    stopped | failed | diverged -> queued (restart)
+
+Every change is a read-modify-write under the trial's lock (flock). Each attempt gets a token;
+once another attempt has taken over (or the trial was stopped by force), a writer whose token is
+no longer current cannot change the trial: its writes raise StaleAttempt. A running attempt
+renews a heartbeat; one whose heartbeat is older than the lease (or whose process is gone) is
+dead, and the next attempt takes over from the last verified checkpoint.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
+import re
+import secrets
 import socket
+import threading
 import time
+import warnings
 from pathlib import Path
 
-STATUSES = ("queued", "running", "stopped", "completed", "failed", "diverged")
-FINAL = ("completed", "failed", "diverged")
+from .files import append_line, atomic_write, commit, locked, read_json, read_lines, sha256_of
+from .files import temp_name, write_json
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("queued", "running", "completed", "stopped", "diverged", "failed")
+ENDED = ("completed", "stopped", "diverged", "failed")
+RESTARTABLE = ("stopped", "failed", "diverged")
+TRANSITIONS = {
+    "queued": {"running", "stopped", "failed"},
+    "running": {"running", "completed", "stopped", "diverged", "failed"},
+    "stopped": {"queued"},
+    "failed": {"queued"},
+    "diverged": {"queued"},
+    "completed": set(),
+}
+HEARTBEAT_S = 5.0  # how often a running attempt renews its heartbeat
+LEASE_S = 30.0  # a heartbeat older than this means the attempt is dead
+TRIAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, default=float))
-    os.replace(tmp, path)
+class TransitionError(ValueError):
+    """A state change the state machine does not allow (e.g. restarting a completed trial)."""
 
 
-def _read_json(path: Path, default=None):
+class StaleAttempt(RuntimeError):
+    """This attempt is no longer the trial's current one: it must stop writing and end."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unrecorded, or does not match its recorded sha256."""
+
+
+class LockHeld(RuntimeError):
+    """Another live driver holds the study's (or PBT run's) lock."""
+
+
+def check_trial_id(trial_id: str) -> str:
+    if not isinstance(trial_id, str) or not TRIAL_ID.fullmatch(trial_id):
+        raise ValueError(f"invalid trial id {trial_id!r}: expected 1-64 letters, digits, '.', '_' "
+                         "or '-', not starting with '.' or '-' (it names a folder in the store)")
+    return trial_id
+
+
+def _process_alive(host: str | None, pid: int | None, pid_started: float | None) -> bool | None:
+    """True/False when we can tell (same host), None when the process is on another host."""
+    if host != socket.gethostname() or pid is None:
+        return None
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return default
+        import psutil
+
+        return psutil.pid_exists(pid) and (pid_started is None or abs(
+            psutil.Process(pid).create_time() - pid_started) < 1.0)
+    except ImportError:
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    except Exception:  # the process ended between the two calls
+        return False
+
+
+def _this_process_started() -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except ImportError:
+        return None
 
 
 class Store:
-    """A study: `root/trials/<trial_id>/{config.json,status.json,metrics.jsonl,checkpoint.h5}`."""
+    """A study: `root/trials/<trial_id>/...`; see the module docstring for the state machine."""
 
     def __init__(self, root):
         self.root = Path(root)
         (self.root / "trials").mkdir(parents=True, exist_ok=True)
 
     def trial_dir(self, trial_id: str) -> Path:
-        return self.root / "trials" / trial_id
+        return self.root / "trials" / check_trial_id(trial_id)
 
     # ------------------------------------------------------------------ creating trials
     def create_trial(self, config: dict, trial_id: str | None = None) -> str:
@@ -62,18 +134,19 @@ class Store:
                 except FileExistsError:
                     n += 1
         d = self.trial_dir(trial_id)
-        _write_json(d / "config.json", config)
-        _write_json(d / "status.json", {"status": "queued", "updated": time.time(), "attempt": 0})
+        write_json(d / "status.json", {"status": "queued", "updated": time.time(), "attempt": 0})
+        write_json(d / "config.json", config)  # last: a trial exists once its config does
         return trial_id
 
     def update_config(self, trial_id: str, changes: dict) -> dict:
         """Change some hyper-parameters of a trial (before a restart); the old values are kept
         in the config's "history" so the lineage stays visible."""
-        config = self.config(trial_id)
-        old = {k: config.get(k) for k in changes}
-        config = {**config, **changes,
-                  "history": config.get("history", []) + [{"time": time.time(), "was": old}]}
-        _write_json(self.trial_dir(trial_id) / "config.json", config)
+        with self._lock(trial_id):
+            config = self.config(trial_id)
+            old = {k: config.get(k) for k in changes}
+            config = {**config, **changes,
+                      "history": config.get("history", []) + [{"time": time.time(), "was": old}]}
+            write_json(self.trial_dir(trial_id) / "config.json", config)
         return config
 
     def trial_ids(self) -> list[str]:
@@ -82,29 +155,29 @@ class Store:
 
     # ------------------------------------------------------------------ reading
     def config(self, trial_id: str) -> dict:
-        return _read_json(self.trial_dir(trial_id) / "config.json")
+        return read_json(self.trial_dir(trial_id) / "config.json")
 
     def status(self, trial_id: str) -> dict:
-        return _read_json(self.trial_dir(trial_id) / "status.json", {"status": "queued"})
+        return read_json(self.trial_dir(trial_id) / "status.json", {"status": "queued"})
 
     def metrics(self, trial_id: str) -> list[dict]:
         """Per-epoch metrics, one row per epoch: a resumed trial's re-run epochs replace the old."""
-        path = self.trial_dir(trial_id) / "metrics.jsonl"
-        by_epoch = {}
-        try:
-            lines = path.read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        for line in lines:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # the line a crash cut short
-                continue
-            by_epoch[row["epoch"]] = row
+        by_epoch = {row["epoch"]: row for row in self.metric_rows(trial_id) if "epoch" in row}
         return [by_epoch[e] for e in sorted(by_epoch)]
+
+    def metric_rows(self, trial_id: str) -> list[dict]:
+        """Every metric row ever written for the trial, in order, with the attempt that wrote it."""
+        return read_lines(self.trial_dir(trial_id) / "metrics.jsonl")
+
+    def attempts(self, trial_id: str) -> list[dict]:
+        """The attempt log: one 'begin' and (unless it died) one 'end' row per attempt."""
+        return read_lines(self.trial_dir(trial_id) / "attempts.jsonl")
 
     def checkpoint(self, trial_id: str) -> Path:
         return self.trial_dir(trial_id) / "checkpoint.h5"
+
+    def optimizer_state(self, trial_id: str) -> Path:
+        return self.trial_dir(trial_id) / "optimizer.npz"
 
     def summary(self, trial_id: str) -> dict:
         """One row for the trials table: status, where it runs, progress, best metrics, config."""
@@ -139,34 +212,345 @@ class Store:
         rows = [self.summary(t) for t in self.trial_ids()]
         return pd.DataFrame(rows).set_index("trial") if rows else pd.DataFrame()
 
-    # ------------------------------------------------------------------ writing (the trial's runner)
-    def set_status(self, trial_id: str, status: str, **fields) -> dict:
-        if status not in STATUSES:
-            raise ValueError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
-        st = {**self.status(trial_id), **fields, "status": status, "updated": time.time()}
-        _write_json(self.trial_dir(trial_id) / "status.json", st)
+    # ------------------------------------------------------------------ liveness
+    def heartbeat_age(self, trial_id: str) -> float | None:
+        try:
+            return time.time() - (self.trial_dir(trial_id) / "heartbeat").stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def attempt_alive(self, trial_id: str, st: dict | None = None, lease: float = LEASE_S) -> bool:
+        """Is the trial's current attempt alive? Its process is checked directly when it runs
+        on this host; elsewhere its heartbeat must be younger than the lease."""
+        st = st or self.status(trial_id)
+        if st.get("status") != "running":
+            return False
+        alive = _process_alive(st.get("host"), st.get("pid"), st.get("pid_started"))
+        if alive is False:
+            return False
+        age = self.heartbeat_age(trial_id)
+        return age is not None and age < lease
+
+    # ------------------------------------------------------------------ the state machine
+    def _lock(self, trial_id: str):
+        return locked(self.trial_dir(trial_id) / ".lock")
+
+    def _write_status(self, trial_id: str, st: dict) -> dict:
+        st = {**st, "updated": time.time()}
+        write_json(self.trial_dir(trial_id) / "status.json", st)
         return st
 
-    def start_attempt(self, trial_id: str, engine=None, **fields) -> dict:
-        """Mark the trial running here (host, pid, engine), counting attempts across retries."""
-        st = self.status(trial_id)
-        return self.set_status(trial_id, "running", host=socket.gethostname(), pid=os.getpid(),
-                               engine=engine, attempt=st.get("attempt", 0) + 1,
-                               started=st.get("started") or time.time(), **fields)
+    def _transition(self, trial_id: str, st: dict, to: str, **fields) -> dict:
+        """Under the trial's lock: move `st` to `to` if the state machine allows it."""
+        now = st.get("status", "queued")
+        if to not in TRANSITIONS[now]:
+            raise TransitionError(f"{trial_id} is {now}: cannot become {to}")
+        return self._write_status(trial_id, {**st, **fields, "status": to})
 
-    def append_metrics(self, trial_id: str, row: dict) -> None:
-        with open(self.trial_dir(trial_id) / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row, default=float) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+    def begin_attempt(self, trial_id: str, engine=None, engine_id=None, **fields) -> "Attempt | None":
+        """Claim the trial for a new attempt in this process, or None if it must not run here:
+        a stop was requested (it becomes "stopped" and never trains), it has ended, or a live
+        attempt already runs it (a duplicate submission). A running trial whose attempt is dead
+        is taken over; the attempt counter counts every attempt."""
+        with self._lock(trial_id):
+            st = self.status(trial_id)
+            state = st.get("status")
+            if state == "running" and self.attempt_alive(trial_id, st):
+                return None
+            if state not in ("queued", "running"):
+                return None
+            if self.stop_requested(trial_id):
+                self._transition(trial_id, st, "stopped", reason="stop requested before it started",
+                                 token=None)
+                return None
+            if state == "running":  # its attempt died: record that, then take over
+                append_line(self.trial_dir(trial_id) / "attempts.jsonl",
+                            {"event": "lost", "attempt": st.get("attempt"), "time": time.time(),
+                             "host": st.get("host"), "pid": st.get("pid")})
+            token = secrets.token_hex(8)
+            number = st.get("attempt", 0) + 1
+            self._heartbeat(trial_id)
+            st = self._transition(
+                trial_id, {k: v for k, v in st.items() if k not in ("reason", "finished")},
+                "running", token=token, attempt=number, host=socket.gethostname(),
+                pid=os.getpid(), pid_started=_this_process_started(),
+                engine=None if engine is None else str(engine), engine_id=engine_id,
+                started=st.get("started") or time.time(), attempt_started=time.time(), **fields)
+            append_line(self.trial_dir(trial_id) / "attempts.jsonl",
+                        {"event": "begin", "attempt": number, "token": token, "time": time.time(),
+                         "host": st["host"], "pid": st["pid"], "engine": st["engine"]})
+        return Attempt(self, trial_id, token, number)
 
-    # ------------------------------------------------------------------ steering
-    def request_stop(self, trial_id: str) -> None:
-        """Ask the trial to stop: its runner checks this flag after every batch."""
-        (self.trial_dir(trial_id) / "stop").touch()
+    def request_stop(self, trial_id: str, reason: str = "stopped by request") -> dict:
+        """Ask a trial to stop, persistently: a queued trial becomes "stopped" at once and never
+        trains; a running one sees the request within a batch and stops itself. Returns the
+        status after the request."""
+        with self._lock(trial_id):
+            st = self.status(trial_id)
+            if st.get("status") in ENDED:
+                return st
+            atomic_write(self.trial_dir(trial_id) / "stop", reason)
+            if st.get("status") == "queued":
+                return self._transition(trial_id, st, "stopped", reason=reason, token=None)
+            if not self.attempt_alive(trial_id, st):  # nobody left to see the request
+                return self._transition(trial_id, st, "stopped", reason=reason, token=None)
+            return st
 
     def stop_requested(self, trial_id: str) -> bool:
         return (self.trial_dir(trial_id) / "stop").exists()
 
-    def clear_stop(self, trial_id: str) -> None:
-        (self.trial_dir(trial_id) / "stop").unlink(missing_ok=True)
+    def force_stop(self, trial_id: str, reason: str) -> dict:
+        """End a running trial whose attempt did not answer a stop request: the trial becomes
+        "stopped" and that attempt stale, so nothing it writes later counts."""
+        with self._lock(trial_id):
+            st = self.status(trial_id)
+            if st.get("status") in ENDED:
+                return st
+            atomic_write(self.trial_dir(trial_id) / "stop", reason)
+            st = self._transition(trial_id, st, "stopped", reason=reason, token=None)
+            append_line(self.trial_dir(trial_id) / "attempts.jsonl",
+                        {"event": "fenced", "attempt": st.get("attempt"), "time": time.time(),
+                         "reason": reason})
+            return st
+
+    def requeue(self, trial_id: str) -> dict:
+        """A stopped, failed or diverged trial back to "queued" (a restart); its stop request
+        is cleared and it resumes from its checkpoint when it next runs."""
+        with self._lock(trial_id):
+            st = self.status(trial_id)
+            if st.get("status") not in RESTARTABLE:
+                raise TransitionError(f"{trial_id} is {st.get('status')}: only a stopped, failed or "
+                                      "diverged trial can be restarted (stop it first)")
+            (self.trial_dir(trial_id) / "stop").unlink(missing_ok=True)
+            return self._transition(trial_id, st, "queued", token=None, reason=None)
+
+    def fail(self, trial_id: str, reason: str) -> dict:
+        """Mark a trial that is not running as failed (e.g. its task could not be run at all);
+        a trial that has ended or runs live is left as it is."""
+        with self._lock(trial_id):
+            st = self.status(trial_id)
+            if st.get("status") in ENDED or self.attempt_alive(trial_id, st):
+                return st
+            return self._transition(trial_id, st, "failed", reason=reason[:500], token=None)
+
+    def _heartbeat(self, trial_id: str) -> None:
+        path = self.trial_dir(trial_id) / "heartbeat"
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            path.touch()
+
+    # ------------------------------------------------------------------ checkpoints
+    def verify_checkpoint(self, trial_id: str) -> dict:
+        """The trial's recorded checkpoint (epoch, files, sha256s) if its files are there and
+        match the recorded sha256; CheckpointError saying what is wrong otherwise."""
+        path = self.checkpoint(trial_id)
+        rec = self.status(trial_id).get("checkpoint") or {}
+        if not path.exists():
+            raise CheckpointError(f"{path}: missing")
+        if not rec.get("sha256"):
+            raise CheckpointError(f"{path}: no sha256 recorded for it (never finished writing)")
+        actual = sha256_of(path)
+        if actual != rec["sha256"]:
+            raise CheckpointError(f"{path}: sha256 {actual[:12]}… is not the recorded "
+                                  f"{rec['sha256'][:12]}… (corrupt or truncated, "
+                                  f"{path.stat().st_size} bytes)")
+        return rec
+
+    def load_checkpoint(self, model, trial_id: str, optimizer: str | None = None) -> dict:
+        """Load a trial's verified weights into `model`, and its optimizer state too when
+        `optimizer` names the same kind of optimizer that saved it and that state verifies.
+        Returns the checkpoint record plus "optimizer_loaded"."""
+        rec = self.verify_checkpoint(trial_id)
+        model.load_weights(str(self.checkpoint(trial_id)))
+        rec = {**rec, "optimizer_loaded": False}
+        if optimizer is None or rec.get("optimizer") != optimizer:
+            return rec
+        path = self.optimizer_state(trial_id)
+        if not path.exists() or sha256_of(path) != rec.get("optimizer_sha256"):
+            msg = f"{path}: optimizer state missing or corrupt, its moments start afresh"
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            log.warning(msg)
+            return rec
+        import numpy as np
+
+        with np.load(path) as f:
+            state = [f[f"arr_{i}"] for i in range(len(f.files))]
+        model.optimizer._create_all_weights(model.trainable_variables)  # legacy optimizer: slots
+        model.optimizer.set_weights(state)
+        rec["optimizer_loaded"] = True
+        return rec
+
+
+class Attempt:
+    """One attempt at a trial, the only writer of it while its token is current. Use it as a
+    context manager: it renews the heartbeat in a background thread until it ends."""
+
+    def __init__(self, store: Store, trial_id: str, token: str, number: int):
+        self.store, self.trial_id, self.token, self.number = store, trial_id, token, number
+        self.dir = store.trial_dir(trial_id)
+        self._done = threading.Event()
+        self._thread = None
+        self._last_stop_check = 0.0
+        self._stop_seen = False
+
+    def __enter__(self) -> "Attempt":
+        self._thread = threading.Thread(target=self._beat, daemon=True,
+                                        name=f"heartbeat-{self.trial_id}")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(timeout=HEARTBEAT_S + 1)
+
+    def _beat(self):
+        while not self._done.wait(HEARTBEAT_S):
+            if self.current():
+                self.store._heartbeat(self.trial_id)
+
+    def current(self) -> bool:
+        st = self.store.status(self.trial_id)
+        return st.get("status") == "running" and st.get("token") == self.token
+
+    def _check(self) -> dict:
+        """Under the lock: this attempt's status, or StaleAttempt if it is no longer current."""
+        st = self.store.status(self.trial_id)
+        if st.get("status") != "running" or st.get("token") != self.token:
+            raise StaleAttempt(f"{self.trial_id}: attempt {self.number} is no longer current "
+                               f"(the trial is {st.get('status')}, attempt {st.get('attempt')})")
+        return st
+
+    def stop_requested(self, every: float = 0.5) -> bool:
+        """The persistent stop request, read at most every `every` seconds (one file stat)."""
+        now = time.monotonic()
+        if not self._stop_seen and now - self._last_stop_check >= every:
+            self._last_stop_check = now
+            self._stop_seen = self.store.stop_requested(self.trial_id)
+        return self._stop_seen
+
+    def update(self, **fields) -> dict:
+        """Record fields in the running trial's status (progress, timings)."""
+        with self.store._lock(self.trial_id):
+            return self.store._write_status(self.trial_id, {**self._check(), **fields})
+
+    def append_metrics(self, row: dict) -> None:
+        with self.store._lock(self.trial_id):
+            self._check()
+            append_line(self.dir / "metrics.jsonl", {**row, "attempt": self.number})
+
+    def save_checkpoint(self, model, epoch: int, optimizer: str | None = None,
+                        metrics: dict | None = None) -> dict:
+        """Write weights and optimizer state to unique temp files, fsync them, then, if this
+        attempt is still current, rename them in and record their sha256 and the epoch they
+        hold in the status, and append the epoch's metric row (in that order: a crash between
+        them re-trains nothing that was recorded)."""
+        import numpy as np
+
+        ckpt, opt = self.store.checkpoint(self.trial_id), self.store.optimizer_state(self.trial_id)
+        tmp_w, tmp_o = temp_name(ckpt), temp_name(opt)
+        try:
+            model.save_weights(str(tmp_w))
+            with open(tmp_w, "rb+") as f:
+                os.fsync(f.fileno())
+            with open(tmp_o, "wb") as f:
+                # a model compiled without an optimizer (an evaluation copy) has no state to keep
+                np.savez(f, *(model.optimizer.get_weights() if model.optimizer else []))
+                f.flush()
+                os.fsync(f.fileno())
+            rec = {"epoch": epoch, "sha256": sha256_of(tmp_w), "optimizer_sha256": sha256_of(tmp_o),
+                   "optimizer": optimizer, "time": time.time()}
+            with self.store._lock(self.trial_id):
+                st = self._check()
+                commit(tmp_w, ckpt)
+                commit(tmp_o, opt)
+                self.store._write_status(self.trial_id, {**st, "checkpoint": rec})
+                if metrics is not None:
+                    append_line(self.dir / "metrics.jsonl", {**metrics, "attempt": self.number})
+            return rec
+        finally:
+            tmp_w.unlink(missing_ok=True)
+            tmp_o.unlink(missing_ok=True)
+
+    def finish(self, status: str, **fields) -> dict:
+        """End this attempt with a final state (completed, stopped, diverged, failed)."""
+        if status not in ENDED:
+            raise ValueError(f"an attempt ends {', '.join(ENDED)}, not {status!r}")
+        with self.store._lock(self.trial_id):
+            st = self._check()
+            if status == "stopped":
+                (self.dir / "stop").unlink(missing_ok=True)  # consumed: a restart runs
+            st = self.store._transition(self.trial_id, st, status, **fields)
+            append_line(self.dir / "attempts.jsonl",
+                        {"event": "end", "attempt": self.number, "token": self.token,
+                         "status": status, "time": time.time(), "reason": fields.get("reason")})
+        return st
+
+
+class DriverLock:
+    """One driver per study or PBT run: a lock file naming its holder, host, pid and heartbeat.
+    A second driver is refused with the holder's name; a lock whose holder is dead (process
+    gone on this host, or heartbeat older than the lease) is taken over."""
+
+    def __init__(self, root, holder: str, lease: float = LEASE_S):
+        self.path = Path(root) / "driver.lock"
+        self.holder, self.lease = holder, lease
+        self.token = secrets.token_hex(8)
+        self._done = threading.Event()
+        self._thread = None
+
+    def info(self) -> dict | None:
+        return read_json(self.path)
+
+    def _alive(self, rec: dict) -> bool:
+        alive = _process_alive(rec.get("host"), rec.get("pid"), rec.get("pid_started"))
+        if alive is False:
+            return False
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return age < self.lease
+
+    def acquire(self) -> "DriverLock":
+        with locked(self.path.with_name(".driver.lock.guard")):
+            rec = self.info()
+            if rec and rec.get("token") != self.token and self._alive(rec):
+                raise LockHeld(f"{self.path.parent} is already driven by {rec.get('holder')} "
+                               f"(host {rec.get('host')}, pid {rec.get('pid')}, since "
+                               f"{time.strftime('%H:%M:%S', time.localtime(rec.get('since', 0)))}); "
+                               "stop that one first, or wait: a dead holder's lock expires after "
+                               f"{self.lease:.0f} s")
+            if rec and rec.get("token") != self.token:
+                log.warning("taking over the lock of %s, whose holder %s (pid %s on %s) is gone",
+                            self.path.parent, rec.get("holder"), rec.get("pid"), rec.get("host"))
+            write_json(self.path, {"holder": self.holder, "host": socket.gethostname(),
+                                   "pid": os.getpid(), "pid_started": _this_process_started(),
+                                   "since": time.time(), "token": self.token})
+        self._done.clear()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="driver-lock")
+        self._thread.start()
+        return self
+
+    def _beat(self):
+        while not self._done.wait(HEARTBEAT_S):
+            try:
+                if (self.info() or {}).get("token") == self.token:
+                    os.utime(self.path)
+            except FileNotFoundError:
+                pass
+
+    def release(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(timeout=HEARTBEAT_S + 1)
+        with locked(self.path.with_name(".driver.lock.guard")):
+            if (self.info() or {}).get("token") == self.token:
+                self.path.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from .config import LR_SCALING, OPTIMIZERS, ModelConfig, TrainConfig, data_dir, smoke
 
@@ -173,6 +174,45 @@ def predict_file(model, path, n=None, batch_size=512) -> dict:
             "baseline": baseline_score(hist)}
 
 
+class Pipelines(NamedTuple):
+    """One rank's training and validation pipelines (repeating) and their steps per epoch."""
+
+    train: object
+    val: object
+    steps: int
+    val_steps: int
+    shard: object
+
+
+def pipelines(config: TrainConfig, data: Path, rank: int = 0, size: int = 1,
+              seed: int | None = None) -> Pipelines:
+    """The datasets every training path uses: this rank's shards of train.h5 and val.h5,
+    shuffled with `seed` (default: config.seed + rank)."""
+    from .data import make_dataset, steps_per_epoch
+
+    seed = config.seed + rank if seed is None else seed
+    train_ds, shard = make_dataset(data / "train.h5", config.batch_size, n=config.n_train,
+                                   rank=rank, size=size, shuffle=True, seed=seed,
+                                   streaming=config.streaming, repeat=True,
+                                   shuffle_buffer=config.shuffle_buffer)
+    val_ds, val_shard = make_dataset(data / "val.h5", config.batch_size, n=config.n_val,
+                                     rank=rank, size=size, shuffle=False,
+                                     streaming=config.streaming, repeat=True)
+    return Pipelines(train_ds, val_ds, steps_per_epoch(shard, config.batch_size),
+                     steps_per_epoch(val_shard, config.batch_size), shard)
+
+
+def fit(model, pipes: Pipelines, epochs: int, initial_epoch: int = 0, callbacks=(),
+        verbose: int = 0) -> dict:
+    """The one training loop of lhccnn (batch jobs, Horovod ranks, HPO trials, PBT members):
+    Keras fit from `initial_epoch` to `epochs` with validation every epoch; returns the
+    history as plain floats."""
+    hist = model.fit(pipes.train, epochs=epochs, initial_epoch=initial_epoch,
+                     steps_per_epoch=pipes.steps, validation_data=pipes.val,
+                     validation_steps=pipes.val_steps, callbacks=list(callbacks), verbose=verbose)
+    return {k: [float(v) for v in vs] for k, vs in hist.history.items()}
+
+
 def train(config: TrainConfig, data: str | Path | None = None, out_dir: str | Path | None = None,
           use_horovod: bool = False, n_test: int | None = None, callbacks=None) -> dict:
     """Train one model; return a result dict (history, test metrics, throughput, shard).
@@ -184,7 +224,6 @@ def train(config: TrainConfig, data: str | Path | None = None, out_dir: str | Pa
     import numpy as np
     import tensorflow as tf
 
-    from .data import make_dataset, steps_per_epoch
     from .model import build_model, make_optimizer
 
     data = Path(data) if data else data_dir()
@@ -197,15 +236,8 @@ def train(config: TrainConfig, data: str | Path | None = None, out_dir: str | Pa
     configure_threads(config.intra_threads, config.inter_threads)
     tf.keras.utils.set_random_seed(config.seed + rank)  # per-rank shuffles; weights come from rank 0
 
-    train_ds, shard = make_dataset(data / "train.h5", config.batch_size, n=config.n_train,
-                                   rank=rank, size=size, shuffle=True, seed=config.seed + rank,
-                                   streaming=config.streaming, repeat=True,
-                                   shuffle_buffer=config.shuffle_buffer)
-    val_ds, val_shard = make_dataset(data / "val.h5", config.batch_size, n=config.n_val,
-                                     rank=rank, size=size, shuffle=False,
-                                     streaming=config.streaming, repeat=True)
-    steps = steps_per_epoch(shard, config.batch_size)
-    val_steps = steps_per_epoch(val_shard, config.batch_size)
+    pipes = pipelines(config, data, rank=rank, size=size)
+    steps, shard = pipes.steps, pipes.shard
 
     mc = config.model
     target_lr = scaled_lr(mc.lr, size, config.lr_scaling)
@@ -233,11 +265,9 @@ def train(config: TrainConfig, data: str | Path | None = None, out_dir: str | Pa
     cbs += list(callbacks or [])
 
     t0 = time.perf_counter()
-    hist = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps,
-                     validation_data=val_ds, validation_steps=val_steps, callbacks=cbs,
-                     verbose=config.verbose if rank == 0 else 0)
+    history = fit(model, pipes, config.epochs, callbacks=cbs,
+                  verbose=config.verbose if rank == 0 else 0)
     wall = time.perf_counter() - t0
-    history = {k: [float(v) for v in vs] for k, vs in hist.history.items()}
 
     result = {
         "rank": rank, "size": size, "shard": [shard.start, shard.stop],

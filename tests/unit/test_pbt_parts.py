@@ -5,9 +5,8 @@ import json
 import pytest
 
 from lhccnn.hpo import default_space, space_from_dict, space_to_dict
-from lhccnn.pbt import (CheckpointError, PBTConfig, Steering, check_steering, load_inherited,
-                        member_seed, save_checkpoint, verify_checkpoint)
-from lhccnn.store import Store
+from lhccnn.pbt import PBTConfig, Steering, check_steering, load_inherited, member_seed
+from lhccnn.store import CheckpointError, Store
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -65,7 +64,16 @@ def test_search_space_survives_json():
 def _model():
     import tensorflow as tf
 
-    return tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2)])
+    model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2)])
+    model.compile(optimizer=tf.keras.optimizers.legacy.Adam(), loss="mse")
+    return model
+
+
+def _completed(store, trial_id, model, optimizer="Adam"):
+    """A member that trained and saved `model` through the store's checkpoint protocol."""
+    attempt = store.begin_attempt(trial_id)
+    attempt.save_checkpoint(model, epoch=1, optimizer=optimizer)
+    attempt.finish("completed")
 
 
 def test_truncated_checkpoint_is_detected_and_the_lineage_falls_back(tmp_path):
@@ -73,16 +81,16 @@ def test_truncated_checkpoint_is_detected_and_the_lineage_falls_back(tmp_path):
     grand = store.create_trial({"inherit": None}, trial_id="g000-m00")
     parent = store.create_trial({"inherit": grand}, trial_id="g001-m00")
     good, bad = _model(), _model()
-    store.set_status(grand, "completed", sha256=save_checkpoint(good, store.checkpoint(grand)))
-    store.set_status(parent, "completed", sha256=save_checkpoint(bad, store.checkpoint(parent)))
-    verify_checkpoint(store, parent)
+    _completed(store, grand, good)
+    _completed(store, parent, bad)
+    store.verify_checkpoint(parent)
     path = store.checkpoint(parent)
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="corrupt or truncated, 100 bytes"):
-        verify_checkpoint(store, parent)
+        store.verify_checkpoint(parent)
     model = _model()
     with pytest.warns(RuntimeWarning, match="falling back to its parent's g000-m00"):
-        loaded, warned = load_inherited(model, store, parent)
+        loaded, warned, _ = load_inherited(model, store, parent)
     assert loaded == grand and len(warned) == 1
     assert all((a == b).all() for a, b in zip(model.get_weights(), good.get_weights()))
 
@@ -90,9 +98,9 @@ def test_truncated_checkpoint_is_detected_and_the_lineage_falls_back(tmp_path):
 def test_checkpoint_without_a_recorded_hash_is_not_trusted(tmp_path):
     store = Store(tmp_path)
     t = store.create_trial({"inherit": None}, trial_id="g000-m00")
-    save_checkpoint(_model(), store.checkpoint(t))  # written, but the status never recorded it
+    _model().save_weights(str(store.checkpoint(t)))  # written, but never recorded
     with pytest.raises(CheckpointError, match="no sha256 recorded"):
-        verify_checkpoint(store, t)
+        store.verify_checkpoint(t)
     with pytest.warns(RuntimeWarning, match="fresh weights"):
         assert load_inherited(_model(), store, t)[0] is None
 
@@ -115,22 +123,23 @@ def test_optimizer_state_is_carried_over_only_to_the_same_kind_and_only_if_intac
 
     from lhccnn.config import ModelConfig
     from lhccnn.model import build_model
-    from lhccnn.pbt import load_optimizer, save_optimizer
 
     store = Store(tmp_path)
     parent = store.create_trial({"optimizer": "Adam", "inherit": None}, trial_id="g000-m00")
     trained = build_model(ModelConfig(conv_sizes=(2,), dense_sizes=(4,)))
     x, y = np.random.default_rng(0).random((32, 64, 64, 1)), np.arange(32) % 2
     trained.fit(x, y, epochs=2, batch_size=16, verbose=0)  # 4 steps: Adam's moments are set
-    path = store.trial_dir(parent) / "optimizer.npz"
-    store.set_status(parent, "completed", optimizer_sha256=save_optimizer(trained, path))
+    _completed(store, parent, trained)
 
     child = build_model(ModelConfig(conv_sizes=(2,), dense_sizes=(4,), lr=5e-3))
-    assert load_optimizer(child, store, parent, "Adam")
+    assert load_inherited(child, store, parent, "Adam")[2]
     assert int(child.optimizer.iterations) == 4
     assert float(child.optimizer.lr) == pytest.approx(5e-3)  # the child's own learning rate
     assert all(np.array_equal(a, b) for a, b in
                zip(child.optimizer.get_weights(), trained.optimizer.get_weights()))
-    assert not load_optimizer(build_model(ModelConfig(optimizer="SGD")), store, parent, "SGD")
+    sgd = build_model(ModelConfig(conv_sizes=(2,), dense_sizes=(4,), optimizer="SGD"))
+    assert not load_inherited(sgd, store, parent, "SGD")[2]
+    path = store.optimizer_state(parent)
     path.write_bytes(path.read_bytes()[:50])
-    assert not load_optimizer(child, store, parent, "Adam")  # corrupt: afresh, not a crash
+    with pytest.warns(RuntimeWarning, match="optimizer state missing or corrupt"):
+        assert not load_inherited(child, store, parent, "Adam")[2]  # afresh, not a crash

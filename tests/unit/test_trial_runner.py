@@ -1,10 +1,13 @@
-"""run_trial in this process: completes, resumes from its checkpoint, stops on request, diverges."""
+"""run_trial in this process: completes, resumes from its verified checkpoint (optimizer state
+included), stops on request, diverges, and fails at once, with its reason, on its own errors."""
 
 import threading
 import time
 
+import pytest
+
 from lhccnn.config import smoke
-from lhccnn.hpo import run_trial
+from lhccnn.hpo import run_trial, validate_space
 from lhccnn.store import Store
 
 BASE = smoke().replace(n_train=1024, n_val=256, epochs=2)
@@ -16,19 +19,71 @@ def test_trial_completes_and_writes_metrics_checkpoint_and_test_result(tiny_data
     st = run_trial(str(tmp_path), t, BASE, str(tiny_data), n_test=256)
     assert st["status"] == "completed" and st["attempt"] == 1 and st["seconds"] > 0
     assert [m["epoch"] for m in store.metrics(t)] == [1, 2]
+    assert store.verify_checkpoint(t)["epoch"] == 2
     assert store.checkpoint(t).stat().st_size > 100_000
     assert 0.5 < st["test"]["auc"] <= 1
 
 
-def test_a_second_attempt_resumes_after_the_last_recorded_epoch(tiny_data, tmp_path):
+def test_a_checkpoint_keeps_the_optimizer_state_and_an_ended_trial_is_not_run_again(
+        tiny_data, tmp_path):
+    from lhccnn.hpo import trial_config
+    from lhccnn.model import build_model
+
     store = Store(tmp_path)
     t = store.create_trial({"lr": 3e-3})
     run_trial(str(tmp_path), t, BASE.replace(epochs=1), str(tiny_data), n_test=256)
     first = store.metrics(t)[0]
+    model = build_model(trial_config(BASE, store.config(t)).model)
+    assert store.load_checkpoint(model, t, optimizer="Adam")["optimizer_loaded"]
+    assert int(model.optimizer.iterations) == 1024 // BASE.batch_size  # one epoch of steps
+    # a trial that ended is not trained again by a late duplicate of its task
     st = run_trial(str(tmp_path), t, BASE.replace(epochs=3), str(tiny_data), n_test=256)
-    rows = store.metrics(t)
-    assert [m["epoch"] for m in rows] == [1, 2, 3] and rows[0] == first  # epoch 1 not redone
-    assert st["attempt"] == 2
+    assert st["ran"] is False and store.metrics(t) == [first]
+
+
+def test_an_attempt_killed_mid_trial_is_taken_over_from_its_checkpoint(tiny_data, tmp_path):
+    import multiprocessing as mp
+
+    store = Store(tmp_path)
+    t = store.create_trial({"lr": 3e-3})
+    ctx = mp.get_context("spawn")  # TensorFlow in the child: no fork
+    child = ctx.Process(target=run_trial, args=(str(tmp_path), t, BASE.replace(epochs=30),
+                                                str(tiny_data), 256))
+    child.start()
+    deadline = time.monotonic() + 120
+    while len(store.metrics(t)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.kill()  # SIGKILL: no handler runs, the status says "running"
+    child.join()
+    done = [r["epoch"] for r in store.metric_rows(t)]
+    st = run_trial(str(tmp_path), t, BASE.replace(epochs=done[-1] + 1), str(tiny_data), n_test=256)
+    assert st["status"] == "completed" and st["attempt"] == 2
+    rows = store.metric_rows(t)
+    assert [r["epoch"] for r in rows] == list(range(1, done[-1] + 2))  # no epoch trained twice
+    assert [r["attempt"] for r in rows][-1] == 2
+    assert [a["event"] for a in store.attempts(t)] == ["begin", "lost", "begin", "end"]
+
+
+def test_a_corrupt_checkpoint_restarts_the_trial_from_scratch_with_a_warning(tiny_data, tmp_path):
+    store = Store(tmp_path)
+    t = store.create_trial({"lr": 3e-3, "dropout": 0.2})
+    attempt = store.begin_attempt(t)
+    attempt.save_checkpoint(_tiny_model(), epoch=1)  # recorded, then damaged
+    attempt.append_metrics({"epoch": 1, "loss": 9.0})
+    store.checkpoint(t).write_bytes(b"not an hdf5 file")
+    attempt.finish("stopped")
+    store.requeue(t)
+    with pytest.warns(RuntimeWarning, match=rf"{t}: checkpoint unusable .*checkpoint.h5: sha256"):
+        st = run_trial(str(tmp_path), t, BASE, str(tiny_data), n_test=256)
+    assert st["status"] == "completed"
+    assert [(r["epoch"], r["attempt"]) for r in store.metrics(t)] == [(1, 2), (2, 2)]
+
+
+def _tiny_model():
+    from lhccnn.config import ModelConfig
+    from lhccnn.model import build_model
+
+    return build_model(ModelConfig(conv_sizes=(2,), dense_sizes=(4,)))
 
 
 def test_stop_request_ends_the_trial_within_an_epoch(tiny_data, tmp_path):
@@ -44,7 +99,7 @@ def test_stop_request_ends_the_trial_within_an_epoch(tiny_data, tmp_path):
     st = run_trial(str(tmp_path), t, BASE.replace(epochs=50), str(tiny_data), n_test=256)
     assert st["status"] == "stopped"
     assert len(store.metrics(t)) <= 2  # stopped inside the epoch after the request
-    assert not store.stop_requested(t)  # the flag is consumed: a restart runs
+    assert not store.stop_requested(t)  # the request is consumed: a restart runs
 
 
 def test_nan_loss_marks_the_trial_diverged(tiny_data, tmp_path):
@@ -67,3 +122,25 @@ def test_a_model_predicting_only_the_majority_class_is_marked_diverged(tiny_data
     t = store.create_trial({"lr": 1e-3})
     st = run_trial(str(tmp_path), t, BASE.replace(epochs=1), str(tiny_data), n_test=256)
     assert st["status"] == "diverged" and "majority class" in st["reason"]
+
+
+@pytest.mark.parametrize("hp, data, reason", [
+    ({"conv_sizes": [4] * 7}, None, "conv_sizes 4,4,4,4,4,4,4 has 7 conv/pool blocks"),
+    ({"lr": 1e-3}, "missing", "train.h5"),
+])
+def test_a_trial_that_cannot_run_fails_at_once_with_its_reason_instead_of_raising(
+        tiny_data, tmp_path, hp, data, reason):
+    store = Store(tmp_path / "study")
+    t = store.create_trial(hp)  # e.g. a config edited by hand, past the search-space checks
+    t0 = time.monotonic()
+    st = run_trial(str(store.root), t, BASE, str(tmp_path / data) if data else str(tiny_data))
+    assert st["status"] == "failed" and reason in st["reason"]
+    assert time.monotonic() - t0 < 30
+
+
+def test_the_search_space_refuses_more_conv_blocks_than_the_image_has_room_for():
+    from lhccnn.hpo import Choice
+
+    with pytest.raises(ValueError, match=r"conv_sizes: value \(4, 4, 4, 4, 4, 4, 4\) is invalid, "
+                                         r"expected a tuple of 1 to 6 positive ints"):
+        validate_space({"conv_sizes": Choice(((8, 16), (4,) * 7))})
