@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lhccnn.config import smoke
-from lhccnn.pbt import PBT, GenerationFailed, PBTConfig, verify_checkpoint
+from lhccnn.pbt import PBT, GenerationFailed, PBTConfig
 
 BASE = smoke().replace(n_train=512, n_val=256)
 CONFIG = PBTConfig(population=4, generations=3, mutation_rate=0.3, seed=7)
@@ -36,7 +36,7 @@ def test_pbt_run_keeps_a_consistent_lineage(straight_run):
             # the child starts from the fitter parent's weights
             assert prev.loc[row.inherit, "fitness"] == max(prev.loc[p, "fitness"] for p in row.parents)
             assert pbt.store.status(t)["loaded_from"] == row.inherit
-            verify_checkpoint(pbt.store, t)
+            pbt.store.verify_checkpoint(t)
         # the fittest half carries on unchanged, and only it breeds the rest
         fittest = set(prev.val_loss.nsmallest(CONFIG.n_survivors(len(prev))).index)
         survivors = cur[cur.parents.map(len) == 1]
