@@ -217,3 +217,12 @@ def test_script_help_runs_from_anywhere(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0
     assert "--source" in r.stdout and "--base-url" in r.stdout
+
+
+def test_an_output_folder_that_cannot_be_created_is_one_clear_line(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert fetch.main(["--out", str(blocker / "data"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {blocker / 'data'}: cannot create the output folder" in err
+    assert "Traceback" not in err
