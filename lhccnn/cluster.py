@@ -116,7 +116,7 @@ class Cluster:
         self.view = None
         self.started_seconds = None
         self.stopped = False
-        self._dask = None
+        self._dask = self._dask_scheduler = None
 
     # ------------------------------------------------------------------------------ start
     @classmethod
@@ -263,12 +263,27 @@ class Cluster:
     def dask(self, timeout: float = 60.0):
         """A dask.distributed Client whose workers are this cluster's engines (one thread each).
 
-        ipyparallel's become_dask starts the scheduler in the controller; the engines stay
-        engines too, so %px cells and Dask tasks can share them (not at the same moment)."""
+        The scheduler runs in this process (it ends with the kernel) and listens only where
+        the engines can reach it (loopback for local engines), with mutual TLS: only a process
+        holding this cluster's credentials (written 0600 in its security folder) can connect;
+        its web dashboard listens on loopback only (reach it through an ssh tunnel). The engines
+        stay engines too, so %px cells and Dask tasks can share them (not at the same moment)."""
         if self._dask is None:
-            from .pbt import warm_up_worker
+            from distributed import Client, LocalCluster
+            from ipyparallel.util import become_dask_worker
 
-            self._dask = self.client.become_dask()
+            from .pbt import warm_up_worker
+            from .security import dask_tls, host_address
+
+            security = dask_tls(Path(self._ipp.profile_dir, "security", f"dask-{self._ipp.cluster_id}"))
+            host = "127.0.0.1" if self.spec.local else host_address()
+            self._dask_scheduler = LocalCluster(
+                n_workers=0, processes=False, host=host, protocol="tls://", security=security,
+                dashboard_address="127.0.0.1:0")
+            self._dask = Client(self._dask_scheduler, security=security)
+            self.client[:].apply_sync(become_dask_worker, self._dask_scheduler.scheduler_address,
+                                      nthreads=1, security=security,
+                                      **({"host": "127.0.0.1"} if self.spec.local else {}))
             self._dask.wait_for_workers(len(self.client.ids), timeout=timeout)
             self._dask.run(warm_up_worker)  # import TensorFlow once, before any timing
         return self._dask
@@ -287,8 +302,11 @@ class Cluster:
         local = self._local_processes()
         try:
             if self._dask is not None:
+                from ipyparallel.util import stop_distributed_worker
+
                 self._dask.close()
-                self.client.stop_dask()
+                self.client[:].apply_sync(stop_distributed_worker)
+                self._dask_scheduler.close()
         except Exception as e:  # a worker already gone, say: the engines are stopped below
             log.warning("stopping Dask: %s", e)
         try:

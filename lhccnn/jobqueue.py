@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import slurm
 from .cluster import ClusterError
+from .security import dask_tls, host_address
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,18 @@ class SlurmDask:
             job_name="lhccnn-dask", job_extra_directives=[sbatch_options] if sbatch_options else [],
             job_script_prologue=list(prologue), log_directory=str(self.log_dir),
             interface=interface, python=python or sys.executable, silence_logs="error",
-            scheduler_options={"dashboard_address": ":0"})  # any free port: 8787 may be taken
+            # mutual TLS with credentials only this user can read (workers read them by path on
+            # the shared filesystem); the scheduler listens on this host's address only (or the
+            # interface asked for), its dashboard on loopback (any free port: 8787 may be taken)
+            security=dask_tls(self.log_dir / "security"), protocol="tls://",
+            scheduler_options={"dashboard_address": "127.0.0.1:0",
+                               **({} if interface else {"host": host_address()})})
         self.client = None
         self._job_ids: set[str] = set()
         try:
             self._check_job_script()
             self.cluster.scale(workers)
-            self.client = Client(self.cluster)
+            self.client = Client(self.cluster, security=self.cluster.security)
             self._wait(wait)
             from .pbt import warm_up_worker
 

@@ -1,0 +1,54 @@
+"""The control plane is private: Dask on the engines needs this cluster's TLS credentials, which
+only the user can read, and nothing listens beyond loopback for local engines."""
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+INTRUDER = """
+import sys
+from distributed import Client
+from distributed.security import Security
+
+address, marker = sys.argv[1:3]
+for kwargs in ({}, {"security": Security.temporary()}):  # no credentials, or someone else's
+    for a in (address, address.replace("tls://", "tcp://")):
+        try:
+            c = Client(a, timeout=5, **kwargs)
+            c.submit(open, marker, "w").result()  # code run as the notebook's user
+            print("CONNECTED", a)
+            sys.exit(1)
+        except Exception as e:
+            print("refused", a, type(e).__name__)
+"""
+
+
+def test_a_process_without_the_credentials_cannot_run_code_through_the_dask_scheduler(
+        local_engines, tmp_path):
+    client = local_engines.dask()
+    address = client.scheduler.address
+    assert address.startswith("tls://127.0.0.1:")
+    assert client.submit(lambda: 41 + 1).result() == 42  # the notebook itself can
+    marker = tmp_path / "intruder-was-here"
+    out = subprocess.run([sys.executable, "-c", INTRUDER, address, str(marker)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.count("refused") == 4, out.stdout + out.stderr
+    assert not marker.exists()
+
+
+def test_credentials_are_private_and_nothing_listens_beyond_loopback(local_engines):
+    client = local_engines.dask()
+    security = Path(local_engines._ipp.profile_dir, "security")
+    files = list(security.rglob("*.json")) + list(security.rglob("*.pem"))
+    assert any(f.suffix == ".pem" for f in files) and any(f.suffix == ".json" for f in files)
+    for f in files:  # IPyParallel's connection files and Dask's key and certificate
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    pids = [os.getpid(), *local_engines.client[:].apply_sync(os.getpid)]
+    listening = [(p, c.laddr) for p in pids for c in psutil.Process(p).net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert listening  # the scheduler, its dashboard and the workers do listen...
+    assert all(addr.ip in ("127.0.0.1", "::1") for _, addr in listening), listening  # ...on loopback
