@@ -23,7 +23,7 @@ PARAMETERS = "smoke = True\nlocal = True\n"  # papermill-style: a cell after the
 # what changes from run to run: times, addresses, ids, sizes, widget models, figures' bytes
 VOLATILE = (
     ("/cells/*/outputs", r"\d+(\.\d+)? ?s\b", "<seconds>"),
-    ("/cells/*/outputs", r"tcp://[\d.]+:\d+", "<address>"),
+    ("/cells/*/outputs", r"(tcp|tls)://[\d.]+:\d+", "<address>"),
     ("/cells/*/outputs", r"memory=[\d.]+ \w+", "memory=<size>"),
     ("/cells/*/outputs", r"job \d+", "job <id>"),
     ("/cells/*/outputs", r"started daemon \d+", "started daemon <id>"),
