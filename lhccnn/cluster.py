@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import slurm
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,10 @@ class Cluster:
         self.client = None
         self.view = None
         self.started_seconds = None
-        self.stopped = False
+        self.stopped = False  # True only once SLURM confirmed the engines' job left the queue
         self._dask = None
+        self._processes_stopped = False
+        self._watchdog: Watchdog | None = None
 
     # ------------------------------------------------------------------------------ start
     @classmethod
@@ -162,11 +165,16 @@ class Cluster:
         try:
             ipp_cluster.start_controller_sync()
             self._protect_files()
+            self._start_watchdog()
             ipp_cluster.start_engines_sync(spec.n)
+            self._watchdog.update(jobs=[self.job_id], processes=self._launcher_pids())
             self.client = ipp_cluster.connect_client_sync()
             self._wait_for_engines(t0)
         except BaseException as e:
-            self.stop()
+            try:
+                self.stop()
+            except ClusterError as stop_error:  # say both: why it failed, and what may be left
+                log.error("%s", stop_error)
             if isinstance(e, ClusterError):
                 raise
             if "sbatch" in str(e) or type(e).__name__ in ("CalledProcessError", "LauncherError"):
@@ -180,6 +188,29 @@ class Cluster:
         atexit.register(self.stop)  # the kernel's exit takes the allocation down with it
         log.info("cluster ready: %d engines in %.1f s", len(self.client.ids), self.started_seconds)
         return self
+
+    @property
+    def job_name(self) -> str:
+        return f"ipengine-{self._ipp.cluster_id}"  # ENGINE_TEMPLATE's --job-name
+
+    def _start_watchdog(self) -> None:
+        """A detached process that stops all this if the driver (this kernel) dies hard."""
+        ipp, security = self._ipp, Path(self._ipp.profile_dir, "security")
+        paths = [ipp.cluster_file] + [security / f"ipcontroller-{ipp.cluster_id}-{kind}.json"
+                                      for kind in ("client", "engine")]
+        if not self.spec.local:
+            paths.append(ipp.config.SlurmEngineSetLauncher.batch_file_name)
+        self._watchdog = Watchdog.start(
+            Path(ipp.profile_dir, "log", f"watchdog-{ipp.cluster_id}.json"),
+            # by name too: sbatch may have queued the job before we learn its id
+            job_names=[] if self.spec.local else [self.job_name],
+            processes=self._launcher_pids(), paths=paths)
+
+    def _launcher_pids(self) -> list[int]:
+        launchers = [self._ipp.controller]
+        for es in self._ipp.engines.values():
+            launchers += list(getattr(es, "launchers", {}).values()) or [es]
+        return [pid for pid in (getattr(x, "pid", None) for x in launchers) if pid and pid > 0]
 
     def _engine_set(self):
         return next(iter(self._ipp.engines.values()), None)
@@ -195,7 +226,11 @@ class Cluster:
         while len(self.client.ids) < spec.n:
             waited = time.monotonic() - t0
             if self.job_id:  # SLURM: watch the allocation itself
-                info = slurm.job_info(self.job_id)
+                try:
+                    info = slurm.job_info(self.job_id)
+                except slurm.SlurmError as e:  # a busy slurmctld is no answer: the deadline holds
+                    log.warning("%s", e)
+                    info = {"JobState": "UNKNOWN", "Reason": f"scontrol failed: {e}"}
                 state = info["JobState"]
                 if state == "PENDING" and waited > spec.wait:
                     raise ClusterError(
@@ -274,13 +309,31 @@ class Cluster:
         return self._dask
 
     # ------------------------------------------------------------------------------ stop
-    def stop(self) -> float:
-        """Stop engines and controller, cancel the allocation, check nothing is left. Idempotent."""
+    def stop(self, timeout: float = 30.0) -> float:
+        """Stop engines and controller, cancel the allocation and wait until SLURM confirms it
+        left the queue. Raises ClusterError saying what is left (or that SLURM did not answer)
+        if it cannot confirm that within `timeout`; calling stop() again then tries again.
+        Idempotent once it succeeded."""
         if self.stopped:
             return 0.0
         t0 = time.monotonic()
+        if not self._processes_stopped:
+            self._stop_processes()
+            self._processes_stopped = True
         job = self.job_id
+        if not self.spec.local:
+            try:
+                slurm.cancel([job] if job else [], names=[self.job_name], timeout=timeout)
+            except slurm.SlurmError as e:
+                raise ClusterError(f"the engines' job {job or self.job_name} may still hold "
+                                   f"its allocation: {e}; call stop() again to retry") from None
         self.stopped = True
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        atexit.unregister(self.stop)
+        return time.monotonic() - t0
+
+    def _stop_processes(self) -> None:
         # ipyparallel warns, with the engines' whole log, about every engine it had to SIGKILL;
         # busy engines (TensorFlow, Dask worker threads) often need it, and we check below anyway
         self._ipp.log.setLevel(logging.ERROR)
@@ -302,10 +355,6 @@ class Cluster:
                 proc.kill()
             except Exception:  # already gone
                 pass
-        if job:
-            _cancel_and_wait(job)
-        atexit.unregister(self.stop)
-        return time.monotonic() - t0
 
     def _local_processes(self) -> list:
         """The processes this cluster started on this machine: controller, engines, their
@@ -348,20 +397,3 @@ def _slurm_message(e: BaseException) -> str:
     if isinstance(out, bytes):
         out = out.decode(errors="replace")
     return (out or str(e)).strip()
-
-
-def _cancel_and_wait(job: str, timeout: float = 30.0) -> None:
-    """scancel the job and wait until SLURM no longer lists it as pending or running."""
-    try:
-        slurm.run("scancel", str(job))
-    except slurm.SlurmError as e:
-        log.warning("%s", e)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if slurm.job_state(job) in slurm.DONE_STATES:
-                return
-        except slurm.SlurmError:  # purged from slurmctld's memory: gone
-            return
-        time.sleep(0.2)
-    raise ClusterError(f"SLURM job {job} still listed {timeout:.0f} s after scancel")

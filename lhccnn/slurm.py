@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import shutil
 import subprocess
@@ -24,7 +25,10 @@ def run(*args: str, timeout: float = 30, env: dict | None = None) -> str:
     """Run a SLURM client command and return its stdout; SLURM's stderr goes into the error."""
     if shutil.which(args[0]) is None:
         raise SlurmError(f"{args[0]} not found: is SLURM installed and on PATH?")
-    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+    try:
+        p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:  # a busy slurmctld: the caller decides whether to retry
+        raise SlurmError(f"{' '.join(args)} did not answer within {timeout:.0f} s") from None
     if p.returncode != 0:
         raise SlurmError(f"{' '.join(args)} failed: {p.stderr.strip() or p.stdout.strip()}")
     return p.stdout
@@ -48,6 +52,57 @@ def queue(user_only: bool = True) -> list[str]:
     """Job ids in the queue (pending or running)."""
     args = ["squeue", "-h", "-o", "%i"] + (["--me"] if user_only else [])
     return run(*args).split()
+
+
+def listed(timeout: float = 10) -> dict[str, tuple[str, str]]:
+    """{job id: (name, state)} of this user's jobs that squeue lists (pending, running,
+    completing, ...). Raises SlurmError if squeue fails: no answer is not an empty queue."""
+    out = run("squeue", "-h", "--me", "-o", "%i|%j|%T", timeout=timeout)
+    rows = (line.split("|", 2) for line in out.splitlines() if line.count("|") == 2)
+    return {job: (name, state) for job, name, state in rows}
+
+
+def cancel(job_ids=(), names=(), timeout: float = 30.0, call_timeout: float = 10.0,
+           poll: float = 0.5) -> None:
+    """scancel jobs by id, and by name (this user's only) for jobs whose id was never learnt,
+    then wait until squeue no longer lists any of them. Failed or slow scancel/squeue calls are
+    retried until `timeout`; then SlurmError says what is still listed, or that SLURM never
+    answered, so that nothing is reported gone unless SLURM said so."""
+    ids, names = {str(j) for j in job_ids if j}, set(names)
+    if not ids and not names:
+        return
+    user = getpass.getuser()
+    deadline = time.monotonic() + timeout
+    left: dict | None = None  # None: squeue has not answered yet
+    errors: list[str] = []
+    to_cancel = set(ids)
+    while True:
+        call = max(1.0, min(call_timeout, deadline - time.monotonic()))
+        try:
+            if to_cancel:
+                run("scancel", *sorted(to_cancel), timeout=call)
+            for name in sorted(names):
+                run("scancel", f"--name={name}", f"--user={user}", timeout=call)
+        except SlurmError as e:  # an id that already ended makes scancel fail too: squeue decides
+            errors.append(str(e))
+        try:
+            jobs = listed(timeout=max(1.0, min(call_timeout, deadline - time.monotonic())))
+            left = {j: s for j, (n, s) in jobs.items() if j in ids or n in names}
+            if not left:
+                return
+            to_cancel = set(left)
+        except SlurmError as e:
+            errors.append(str(e))
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(poll)
+    what = ", ".join(sorted(ids) + [f"name={n}" for n in sorted(names)])
+    last = f" (last error: {errors[-1]})" if errors else ""
+    if left is None:
+        raise SlurmError(f"could not confirm that jobs {what} left the queue: squeue did not "
+                         f"answer within {timeout:.0f} s{last}; check with `squeue --me`")
+    raise SlurmError(f"still in the queue {timeout:.0f} s after scancel: "
+                     + "; ".join(f"{j} {s}" for j, s in sorted(left.items())) + last)
 
 
 def wait_job(job_id: str, log_file: str | Path | None = None, timeout: float | None = None,
