@@ -50,6 +50,13 @@ class ClusterSpec:
             raise ValueError(f"wait must be > 0 seconds, got {self.wait}")
         if self.launch_command not in ("srun", "mpirun"):
             raise ValueError(f"launcher must be srun or mpirun, got {self.launch_command!r}")
+        # these strings are written into the engines' job script: a newline would be a shell line
+        slurm.check_option("time", self.time)
+        for name in ("constraint", "qos", "partition", "account"):
+            if getattr(self, name) is not None:
+                slurm.check_option(name, getattr(self, name))
+        if self.python is not None:
+            slurm.check_no_control("python", self.python)
 
     @property
     def n(self) -> int:

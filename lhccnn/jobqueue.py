@@ -50,6 +50,13 @@ class SlurmDask:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if wait <= 0:
             raise ValueError(f"wait must be > 0 seconds, got {wait}")
+        # each value lands in the job script: refuse what would be a shell line or a bad option
+        extra = slurm.check_sbatch_args(sbatch_options)  # one checked option per #SBATCH line
+        slurm.check_option("time", walltime)
+        slurm.check_option("memory", memory)
+        for value in (python, interface):
+            if value is not None:
+                slurm.check_no_control("python" if value is python else "interface", value)
         from distributed import Client
 
         SLURMCluster = _import_slurm_cluster()
@@ -61,7 +68,7 @@ class SlurmDask:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.cluster = SLURMCluster(
             cores=threads, processes=1, job_cpu=cpus or threads, memory=memory, walltime=walltime,
-            job_name=self.job_name, job_extra_directives=[sbatch_options] if sbatch_options else [],
+            job_name=self.job_name, job_extra_directives=extra,
             job_script_prologue=list(prologue), log_directory=str(self.log_dir),
             interface=interface, python=python or sys.executable, silence_logs="error",
             scheduler_options={"dashboard_address": ":0"})  # any free port: 8787 may be taken

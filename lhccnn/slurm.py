@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import getpass
 import logging
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,6 +21,85 @@ DONE_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREE
 
 class SlurmError(RuntimeError):
     """A SLURM command failed or a job ended badly; the message carries SLURM's own words."""
+
+
+# What each sbatch option accepts. User strings are written into `#SBATCH` lines of job scripts:
+# a newline there starts a shell line, so anything outside these patterns is refused.
+_NAME = r"[A-Za-z0-9_.+-]+"
+OPTION_PATTERNS = {
+    "constraint": rf"[A-Za-z0-9_.+\-&|,()\[\]*:]+",  # features with & | , [] () and *counts
+    "qos": _NAME,
+    "partition": rf"{_NAME}(,{_NAME})*",
+    "account": _NAME,
+    "job-name": _NAME,
+    # minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or no limit
+    "time": r"\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|UNLIMITED|INFINITE",
+    "memory": r"\d+(\.\d+)?\s?([KMGT]i?B?|[kmgt]i?b?)?",
+    "nodes": r"\d+(-\d+)?",
+    "ntasks": r"\d+", "ntasks-per-node": r"\d+", "cpus-per-task": r"\d+",
+    "gpus": r"([A-Za-z0-9_]+:)?\d+", "gpus-per-node": r"([A-Za-z0-9_]+:)?\d+",
+    "mem": r"\d+[KMGT]?",
+}
+# short sbatch flags and the long names they stand for
+SHORT_OPTIONS = {"-C": "constraint", "-q": "qos", "-p": "partition", "-A": "account",
+                 "-t": "time", "-J": "job-name", "-N": "nodes", "-n": "ntasks", "-c": "cpus-per-task",
+                 "-G": "gpus"}
+# flags without a value that job scripts may carry
+FLAG_OPTIONS = {"exclusive", "requeue", "no-requeue", "overcommit"}
+# not sbatch options, but values lhccnn writes into job scripts with the same care
+_NOT_SBATCH = {"memory"}
+# any other long option: one word of ordinary characters (paths, lists, mail addresses)
+_OTHER_OPTION = r"[A-Za-z][A-Za-z0-9-]*"
+_OTHER_VALUE = r"[A-Za-z0-9_.,:=@%+/-]+"
+
+
+def check_no_control(name: str, value: str) -> str:
+    """Refuse newlines and other control characters: in a job script they start a new line."""
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {value!r}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{name} {value!r} contains a newline or control character")
+    return value
+
+
+def check_option(name: str, value: str) -> str:
+    """`value` if it is what sbatch's --`name` expects; else ValueError naming the value."""
+    check_no_control(name, value)
+    if not re.fullmatch(OPTION_PATTERNS[name], value):
+        raise ValueError(f"{name} {value!r} is not a valid SLURM {name}")
+    return value
+
+
+def check_sbatch_args(args: str) -> list[str]:
+    """Split extra sbatch options ("-C cpu -q regular --exclusive") and check each one."""
+    check_no_control("sbatch options", args)
+    tokens = shlex.split(args)
+    checked = []
+    while tokens:
+        tok = tokens.pop(0)
+        if tok.startswith("--"):
+            name, eq, value = tok[2:].partition("=")
+            if name in FLAG_OPTIONS and not eq:
+                checked.append(tok)
+                continue
+            if not re.fullmatch(_OTHER_OPTION, name) or name in _NOT_SBATCH:
+                raise ValueError(f"{tok!r} in sbatch options {args!r} is not an sbatch option")
+            if not eq:
+                if not tokens:
+                    raise ValueError(f"sbatch option {tok!r} needs a value")
+                value = tokens.pop(0)
+        elif tok[:2] in SHORT_OPTIONS:
+            name = SHORT_OPTIONS[tok[:2]]
+            value = tok[2:] or (tokens.pop(0) if tokens else "")
+        else:
+            raise ValueError(f"{tok!r} in sbatch options {args!r} is not an option")
+        if name in OPTION_PATTERNS:
+            check_option(name, value)
+        elif not re.fullmatch(_OTHER_VALUE, value):
+            raise ValueError(f"sbatch option --{name} value {value!r} has characters a job "
+                             "script line should not carry")
+        checked.append(f"--{name}={value}")
+    return checked
 
 
 def run(*args: str, timeout: float = 30, env: dict | None = None) -> str:

@@ -17,6 +17,8 @@ umask 077   # connection files hold the cluster's key: yours only (ipyparallel a
 export LHCCNN_CLUSTER_ID=${LHCCNN_CLUSTER_ID:-lhccnn-$SLURM_JOB_ID}
 export LHCCNN_PROFILE_DIR=${LHCCNN_PROFILE_DIR:-${IPYTHONDIR:-$HOME/.ipython}/profile_default}
 n=${SLURM_NTASKS:-$SLURM_NNODES} wait_s=${LHCCNN_WAIT:-120}
+[[ $LHCCNN_CLUSTER_ID =~ ^[A-Za-z0-9_.+-]+$ ]] ||
+  { echo "error: LHCCNN_CLUSTER_ID '$LHCCNN_CLUSTER_ID' must be letters, digits, _ . + -" >&2; exit 2; }
 case $LHCCNN_LAUNCHER in   # --overlap: later srun steps (e.g. Horovod) can share the nodes
   srun) launch=(srun --overlap --cpu-bind=none -n "$n") ;;
   mpirun) launch=(mpirun -np "$n" --bind-to none) ;;
