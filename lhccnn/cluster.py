@@ -87,6 +87,8 @@ def _launch_line(spec: ClusterSpec) -> str:
     if spec.mpi and spec.launch_command == "mpirun":
         # yield: engines share cores with each other and the controller on small machines
         return f"mpirun -np {spec.n} --bind-to none --mca mpi_yield_when_idle 1"
+    if spec.mpi:  # one rank's death must end the job, not leave the others hanging in MPI
+        return "srun --cpu-bind=none --kill-on-bad-exit=1"
     return "srun --cpu-bind=none"  # the site's default MPI plugin (cray_shasta on Perlmutter)
 
 

@@ -19,8 +19,10 @@ export LHCCNN_PROFILE_DIR=${LHCCNN_PROFILE_DIR:-${IPYTHONDIR:-$HOME/.ipython}/pr
 n=${SLURM_NTASKS:-$SLURM_NNODES} wait_s=${LHCCNN_WAIT:-120}
 [[ $LHCCNN_CLUSTER_ID =~ ^[A-Za-z0-9_.+-]+$ ]] ||
   { echo "error: LHCCNN_CLUSTER_ID '$LHCCNN_CLUSTER_ID' must be letters, digits, _ . + -" >&2; exit 2; }
-case $LHCCNN_LAUNCHER in   # --overlap: later srun steps (e.g. Horovod) can share the nodes
-  srun) launch=(srun --overlap --cpu-bind=none -n "$n") ;;
+# --overlap: later srun steps (e.g. Horovod) can share the nodes; --kill-on-bad-exit: the engines
+# are one MPI job, so one that dies ends the step instead of leaving the others hanging
+case $LHCCNN_LAUNCHER in
+  srun) launch=(srun --overlap --cpu-bind=none --kill-on-bad-exit=1 -n "$n") ;;
   mpirun) launch=(mpirun -np "$n" --bind-to none) ;;
   *) echo "error: LHCCNN_LAUNCHER must be srun or mpirun, got '$LHCCNN_LAUNCHER'" >&2; exit 2 ;;
 esac

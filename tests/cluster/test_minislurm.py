@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from lhccnn.cluster import ClusterSpec, _launch_line
 from lhccnn.slurm import SlurmError, wait_job
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,6 +54,35 @@ def test_batch_recipe_trains_with_horovod_on_two_nodes(slurm, tiny_data, tmp_pat
     nodes = subprocess.run(["scontrol", "show", "job", jid], env=slurm, capture_output=True,
                            text=True).stdout
     assert "NodeList=node[1-2]" in nodes or "NumNodes=2" in nodes
+
+
+def test_rank_killed_under_srun_ends_the_mpi_job_step_promptly(slurm):
+    # Engines as one MPI job under srun (NERSC): the launch line of lhccnn's engines. Two ranks
+    # on ONE virtual node (srun's PMIx breaks across the mini SLURM's nodes); rank 1 dies hard,
+    # rank 0 would sleep on, as a Horovod rank waits in an allreduce for a peer that is gone.
+    launch = shlex.split(_launch_line(ClusterSpec(mpi=True, launcher="srun")))
+    name = f"bad-exit-{os.getpid()}"
+    script = '[ "$SLURM_PROCID" = 1 ] && kill -9 $$; exec sleep 120'
+    t0 = time.monotonic()
+    p = subprocess.Popen([*launch, "-J", name, "-N1", "-n2", "bash", "-c", script], env=slurm,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out = p.communicate(timeout=45)[0]
+    except subprocess.TimeoutExpired:
+        p.kill()
+        subprocess.run(["scancel", f"--name={name}"], env=slurm)
+        pytest.fail("the job step still runs 45 s after one of its ranks died")
+    elapsed = time.monotonic() - t0
+    print(f"srun ended {elapsed:.1f} s after it started (rank 1 killed at once)")
+    assert p.returncode != 0, out
+    assert elapsed < 30, out
+
+
+@pytest.mark.parametrize("recipe", ["start_cluster.sh", "train_horovod.sbatch"])
+def test_recipes_launch_mpi_ranks_with_kill_on_bad_exit(recipe):
+    text = (REPO / "recipes" / "nersc" / recipe).read_text()
+    launches = [line for line in text.splitlines() if "launch=(srun" in line]
+    assert launches and all("--kill-on-bad-exit=1" in line for line in launches)
 
 
 def test_second_cluster_starts_and_stops_leaving_no_daemon(tmp_path, slurm_cluster):
