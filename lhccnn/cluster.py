@@ -241,9 +241,10 @@ class Cluster:
                     log.warning("%s", e)
                     info = {"JobState": "UNKNOWN", "Reason": f"scontrol failed: {e}"}
                 state = info["JobState"]
-                if state == "PENDING" and waited > spec.wait:
+                # PENDING, CONFIGURING, SUSPENDED, REQUEUED...: none of them runs engines
+                if state != "RUNNING" and state not in slurm.DONE_STATES and waited > spec.wait:
                     raise ClusterError(
-                        f"SLURM job {self.job_id} still pending after {spec.wait:.0f} s "
+                        f"SLURM job {self.job_id} still {state} after {spec.wait:.0f} s "
                         f"(reason: {info.get('Reason')}): cancelled")
                 if state in slurm.DONE_STATES:
                     raise ClusterError(
@@ -288,13 +289,22 @@ class Cluster:
         """Job id and state, nodes, and every engine's host and pid."""
         info = {"job_id": self.job_id, "state": "LOCAL" if self.spec.local else None,
                 "nodes": None, "engines": []}
+        ended = False
         if self.job_id and not self.stopped:
             try:
                 job = slurm.job_info(self.job_id)
                 info.update(state=job["JobState"], nodes=job.get("NodeList"))
+                # e.g. scancel from another shell; COMPLETING: ended, its processes being killed
+                ended = job["JobState"] in slurm.DONE_STATES | {"COMPLETING"}
             except slurm.SlurmError as e:
-                info["state"] = f"unknown ({e})"
-        if self.client is not None and not self.stopped:
+                if "Invalid job id" in str(e):  # ended long enough ago that SLURM forgot it
+                    info["state"], ended = "ENDED (no longer known to SLURM)", True
+                else:
+                    info["state"] = f"unknown ({e})"
+        if ended:
+            log.warning("the engines' job %s ended (%s) outside this cluster's control",
+                        self.job_id, info["state"])
+        elif self.client is not None and not self.stopped:  # a dead job's engines never answer
             ids = list(self.client.ids)
             if ids:
                 hosts = self.client[ids].apply_async(_whereami).get(timeout=30)
