@@ -244,7 +244,7 @@ class Cluster:
                 # PENDING, CONFIGURING, SUSPENDED, REQUEUED...: none of them runs engines
                 if state != "RUNNING" and state not in slurm.DONE_STATES and waited > spec.wait:
                     raise ClusterError(
-                        f"SLURM job {self.job_id} still {state} after {spec.wait:.0f} s "
+                        f"SLURM job {self.job_id} still {state.lower()} after {spec.wait:.0f} s "
                         f"(reason: {info.get('Reason')}): cancelled")
                 if state in slurm.DONE_STATES:
                     raise ClusterError(

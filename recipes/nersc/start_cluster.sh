@@ -17,10 +17,8 @@ umask 077   # connection files hold the cluster's key: yours only (ipyparallel a
 export LHCCNN_CLUSTER_ID=${LHCCNN_CLUSTER_ID:-lhccnn-$SLURM_JOB_ID}
 export LHCCNN_PROFILE_DIR=${LHCCNN_PROFILE_DIR:-${IPYTHONDIR:-$HOME/.ipython}/profile_default}
 n=${SLURM_NTASKS:-$SLURM_NNODES} wait_s=${LHCCNN_WAIT:-120}
-[[ $LHCCNN_CLUSTER_ID =~ ^[A-Za-z0-9_.+-]+$ ]] ||
-  { echo "error: LHCCNN_CLUSTER_ID '$LHCCNN_CLUSTER_ID' must be letters, digits, _ . + -" >&2; exit 2; }
-# --overlap: later srun steps (e.g. Horovod) can share the nodes; --kill-on-bad-exit: the engines
-# are one MPI job, so one that dies ends the step instead of leaving the others hanging
+[[ $LHCCNN_CLUSTER_ID =~ ^[A-Za-z0-9_.+-]+$ ]] || { echo "bad LHCCNN_CLUSTER_ID" >&2; exit 2; }
+# --overlap: later srun steps share the nodes; --kill-on-bad-exit: a dead rank ends the MPI job
 case $LHCCNN_LAUNCHER in
   srun) launch=(srun --overlap --cpu-bind=none --kill-on-bad-exit=1 -n "$n") ;;
   mpirun) launch=(mpirun -np "$n" --bind-to none) ;;

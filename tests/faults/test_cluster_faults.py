@@ -87,5 +87,5 @@ def test_start_gives_up_on_a_suspended_job_after_its_deadline_and_says_so(slurm,
     starter.join(timeout=60)
     assert not starter.is_alive(), "Cluster.start still waiting 60 s after its deadline"
     assert isinstance(result.get("error"), ClusterError), result
-    assert f"SLURM job {job} still SUSPENDED after 10 s" in str(result["error"])
+    assert f"SLURM job {job} still suspended after 10 s" in str(result["error"])
     assert job not in slurm_cli.queue()  # and the suspended job was cancelled
