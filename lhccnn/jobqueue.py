@@ -53,10 +53,9 @@ class SlurmDask:
         # each value lands in the job script: refuse what would be a shell line or a bad option
         extra = slurm.check_sbatch_args(sbatch_options)  # one checked option per #SBATCH line
         slurm.check_option("time", walltime)
-        slurm.check_option("memory", memory)
-        for value in (python, interface):
+        for name, value in (("python", python), ("interface", interface)):
             if value is not None:
-                slurm.check_no_control("python" if value is python else "interface", value)
+                slurm.check_no_control(name, value)
         from distributed import Client
 
         SLURMCluster = _import_slurm_cluster()

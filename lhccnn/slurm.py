@@ -34,7 +34,6 @@ OPTION_PATTERNS = {
     "job-name": _NAME,
     # minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or no limit
     "time": r"\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|UNLIMITED|INFINITE",
-    "memory": r"\d+(\.\d+)?\s?([KMGT]i?B?|[kmgt]i?b?)?",
     "nodes": r"\d+(-\d+)?",
     "ntasks": r"\d+", "ntasks-per-node": r"\d+", "cpus-per-task": r"\d+",
     "gpus": r"([A-Za-z0-9_]+:)?\d+", "gpus-per-node": r"([A-Za-z0-9_]+:)?\d+",
@@ -46,8 +45,6 @@ SHORT_OPTIONS = {"-C": "constraint", "-q": "qos", "-p": "partition", "-A": "acco
                  "-G": "gpus"}
 # flags without a value that job scripts may carry
 FLAG_OPTIONS = {"exclusive", "requeue", "no-requeue", "overcommit"}
-# not sbatch options, but values lhccnn writes into job scripts with the same care
-_NOT_SBATCH = {"memory"}
 # any other long option: one word of ordinary characters (paths, lists, mail addresses)
 _OTHER_OPTION = r"[A-Za-z][A-Za-z0-9-]*"
 _OTHER_VALUE = r"[A-Za-z0-9_.,:=@%+/-]+"
@@ -82,7 +79,7 @@ def check_sbatch_args(args: str) -> list[str]:
             if name in FLAG_OPTIONS and not eq:
                 checked.append(tok)
                 continue
-            if not re.fullmatch(_OTHER_OPTION, name) or name in _NOT_SBATCH:
+            if not re.fullmatch(_OTHER_OPTION, name):
                 raise ValueError(f"{tok!r} in sbatch options {args!r} is not an sbatch option")
             if not eq:
                 if not tokens:
