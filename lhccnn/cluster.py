@@ -216,6 +216,8 @@ class Cluster:
             processes=self._launcher_pids(), paths=paths)
 
     def _launcher_pids(self) -> list[int]:
+        """Pids of the controller and of local engine launchers (a SLURM batch launcher has
+        none: its engines are the job's, for scancel)."""
         launchers = [self._ipp.controller]
         for es in self._ipp.engines.values():
             launchers += list(getattr(es, "launchers", {}).values()) or [es]
@@ -380,14 +382,8 @@ class Cluster:
         children (nannies, mpiexec's ranks). SLURM's scancel takes care of the rest."""
         import psutil
 
-        launchers = [self._ipp.controller]
-        for es in self._ipp.engines.values():
-            launchers += list(getattr(es, "launchers", {}).values()) or [es]
         procs = []
-        for launcher in launchers:
-            pid = getattr(launcher, "pid", None)  # batch launchers have none: SLURM's job
-            if not pid or pid <= 0:
-                continue
+        for pid in self._launcher_pids():
             try:
                 p = psutil.Process(pid)
                 procs += [p] + p.children(recursive=True)

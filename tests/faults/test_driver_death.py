@@ -17,14 +17,14 @@ BOUND = 60.0  # seconds from the driver's death to an empty queue and no process
 
 # The driver: what a notebook kernel does with %ipcluster start, then it hangs until killed.
 CLUSTER_DRIVER = """
-import glob, json, os, sys, time
+import glob, json, os, time
 from lhccnn.cluster import Cluster, ClusterSpec
 c = Cluster.start(ClusterSpec(nodes=2, wait=90))
-engines = c.view.apply(os.getpid)
-print(json.dumps({"job": c.job_id, "name": "ipengine-" + c._ipp.cluster_id, "controller": c._ipp.controller.pid,
-                  "engines": engines, "files": [c._ipp.cluster_file] + glob.glob(os.path.join(
-                      c._ipp.profile_dir, "security", f"ipcontroller-{c._ipp.cluster_id}-*.json"))}),
-      flush=True)
+ipp = c._ipp
+keys = glob.glob(os.path.join(ipp.profile_dir, "security", f"ipcontroller-{ipp.cluster_id}-*.json"))
+print(json.dumps({"job": c.job_id, "name": "ipengine-" + ipp.cluster_id,
+                  "controller": ipp.controller.pid, "engines": c.view.apply(os.getpid),
+                  "files": [ipp.cluster_file, *keys]}), flush=True)
 time.sleep(3600)
 """
 
