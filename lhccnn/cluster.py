@@ -126,6 +126,7 @@ class Cluster:
         self.view = None
         self.started_seconds = None
         self.stopped = False  # True only once SLURM confirmed the engines' job left the queue
+        self.stop_timeout = 30.0  # seconds stop() waits for SLURM to confirm, by default
         self._dask = None
         self._processes_stopped = False
         self._watchdog: Watchdog | None = None
@@ -330,13 +331,14 @@ class Cluster:
         return self._dask
 
     # ------------------------------------------------------------------------------ stop
-    def stop(self, timeout: float = 30.0) -> float:
+    def stop(self, timeout: float | None = None) -> float:
         """Stop engines and controller, cancel the allocation and wait until SLURM confirms it
         left the queue. Raises ClusterError saying what is left (or that SLURM did not answer)
-        if it cannot confirm that within `timeout`; calling stop() again then tries again.
-        Idempotent once it succeeded."""
+        if it cannot confirm that within `timeout` (default: .stop_timeout); calling stop()
+        again then tries again. Idempotent once it succeeded."""
         if self.stopped:
             return 0.0
+        timeout = self.stop_timeout if timeout is None else timeout
         t0 = time.monotonic()
         if not self._processes_stopped:
             self._stop_processes()
@@ -394,8 +396,13 @@ class Cluster:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.stop()
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self.stop()
+        except ClusterError as e:
+            if exc is None:
+                raise
+            log.error("%s", e)  # the error already on its way out is the one to see
 
 
 def _whereami() -> dict:

@@ -74,9 +74,11 @@ class SlurmDask:
         self.client = None
         self._job_ids: set[str] = set()
         self._watchdog: Watchdog | None = None
+        self._submitted = False  # nothing to cancel before the first sbatch
         try:
             self._check_job_script()
             self._watchdog = Watchdog.start(self.log_dir / "watchdog.json", job_names=[self.job_name])
+            self._submitted = True
             self.cluster.scale(workers)
             self.client = Client(self.cluster)
             self._wait(wait)
@@ -148,7 +150,8 @@ class SlurmDask:
             log.warning("closing the Dask cluster: %s", e)
         self.client = None
         try:
-            slurm.cancel(ids, names=[self.job_name], timeout=timeout)
+            if self._submitted:
+                slurm.cancel(ids, names=[self.job_name], timeout=timeout)
         except slurm.SlurmError as e:
             raise ClusterError(f"Dask worker jobs may still be queued: {e}") from None
         if self._watchdog is not None:
@@ -157,5 +160,10 @@ class SlurmDask:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self.close()
+        except ClusterError as e:
+            if exc is None:
+                raise
+            log.error("%s", e)  # the error already on its way out (Ctrl-C, say) is the one to see

@@ -149,6 +149,10 @@ def cancel(job_ids=(), names=(), timeout: float = 30.0, call_timeout: float = 10
     ids, names = {str(j) for j in job_ids if j}, set(names)
     if not ids and not names:
         return
+    for tool in ("scancel", "squeue"):  # not installed: no retry will change that
+        if shutil.which(tool) is None:
+            raise SlurmError(f"{tool} not found: cannot cancel or check jobs {sorted(ids)} "
+                             f"{sorted(names)}")
     user = getpass.getuser()
     deadline = time.monotonic() + timeout
     left: dict | None = None  # None: squeue has not answered yet

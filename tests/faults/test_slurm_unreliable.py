@@ -3,6 +3,7 @@
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,25 @@ def test_failed_stop_is_truthful_and_a_second_stop_cancels_the_job(slurm, flaky)
     finally:
         if not cluster.stopped:
             subprocess.run([flaky.real["scancel"], job])
+
+
+def test_an_error_leaving_the_with_block_is_not_replaced_by_a_failed_stop(slurm, flaky):
+    with pytest.raises(KeyError):  # the user's error, not the ClusterError of the stop
+        with Cluster.start(ClusterSpec(nodes=1, wait=60)) as cluster:
+            for name in ("scancel", "squeue", "scontrol"):
+                flaky.fail(name, 1000)
+            cluster.stop_timeout = 3
+            raise KeyError("the user's own error")
+    assert not cluster.stopped
+    for name in ("scancel", "squeue", "scontrol"):
+        flaky.fail(name, 0)
+    cluster.stop()
+    assert not _listed(flaky, cluster.job_id)
+
+
+def test_cancel_without_slurm_installed_fails_at_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    t0 = time.monotonic()
+    with pytest.raises(slurm_cli.SlurmError, match="scancel not found"):
+        slurm_cli.cancel(["1"], timeout=30)
+    assert time.monotonic() - t0 < 1
