@@ -55,7 +55,7 @@ class Watchdog:
     """The owner's handle: start() launches the detached process, update() tells it more,
     stop() ends it without a teardown (the owner stopped everything itself)."""
 
-    def __init__(self, state_file: Path, proc: subprocess.Popen):
+    def __init__(self, state_file: Path, proc):  # proc: the watchdog's subprocess.Popen
         self.state_file = Path(state_file)
         self.proc = proc
         self._state: dict = {}
