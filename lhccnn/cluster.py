@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import slurm
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,13 @@ class ClusterSpec:
             raise ValueError(f"wait must be > 0 seconds, got {self.wait}")
         if self.launch_command not in ("srun", "mpirun"):
             raise ValueError(f"launcher must be srun or mpirun, got {self.launch_command!r}")
+        # these strings are written into the engines' job script: a newline would be a shell line
+        slurm.check_option("time", self.time)
+        for name in ("constraint", "qos", "partition", "account"):
+            if getattr(self, name) is not None:
+                slurm.check_option(name, getattr(self, name))
+        if self.python is not None:
+            slurm.check_no_control("python", self.python)
 
     @property
     def n(self) -> int:
@@ -79,6 +87,8 @@ def _launch_line(spec: ClusterSpec) -> str:
     if spec.mpi and spec.launch_command == "mpirun":
         # yield: engines share cores with each other and the controller on small machines
         return f"mpirun -np {spec.n} --bind-to none --mca mpi_yield_when_idle 1"
+    if spec.mpi:  # one rank's death must end the job, not leave the others hanging in MPI
+        return "srun --cpu-bind=none --kill-on-bad-exit=1"
     return "srun --cpu-bind=none"  # the site's default MPI plugin (cray_shasta on Perlmutter)
 
 
@@ -115,8 +125,11 @@ class Cluster:
         self.client = None
         self.view = None
         self.started_seconds = None
-        self.stopped = False
+        self.stopped = False  # True only once SLURM confirmed the engines' job left the queue
+        self.stop_timeout = 30.0  # seconds stop() waits for SLURM to confirm, by default
         self._dask = self._dask_scheduler = None
+        self._processes_stopped = False
+        self._watchdog: Watchdog | None = None
 
     # ------------------------------------------------------------------------------ start
     @classmethod
@@ -151,6 +164,10 @@ class Cluster:
                              "extra": _sbatch_extra(spec), "launch": _launch_line(spec)}
             if spec.mpi:  # engine ids = MPI ranks (via mpi4py), as with ipyparallel's MPI launcher
                 cfg.engine_args = ["--mpi"]
+        # CurveZMQ: the controller's traffic with engines and clients is encrypted, and only a
+        # holder of its public key (in the 0600 connection files) can talk to it
+        ipp_cluster.controller_args = [*ipp_cluster.controller_args,
+                                       "--IPController.enable_curve=True"]
         if spec.python:
             launcher_cfg = "MPIEngineSetLauncher" if spec.local and spec.mpi else (
                 "LocalEngineSetLauncher" if spec.local else "SlurmEngineSetLauncher")
@@ -162,11 +179,16 @@ class Cluster:
         try:
             ipp_cluster.start_controller_sync()
             self._protect_files()
+            self._start_watchdog()
             ipp_cluster.start_engines_sync(spec.n)
+            self._watchdog.update(jobs=[self.job_id], processes=self._launcher_pids())
             self.client = ipp_cluster.connect_client_sync()
             self._wait_for_engines(t0)
         except BaseException as e:
-            self.stop()
+            try:
+                self.stop()
+            except ClusterError as stop_error:  # say both: why it failed, and what may be left
+                log.error("%s", stop_error)
             if isinstance(e, ClusterError):
                 raise
             if "sbatch" in str(e) or type(e).__name__ in ("CalledProcessError", "LauncherError"):
@@ -180,6 +202,31 @@ class Cluster:
         atexit.register(self.stop)  # the kernel's exit takes the allocation down with it
         log.info("cluster ready: %d engines in %.1f s", len(self.client.ids), self.started_seconds)
         return self
+
+    @property
+    def job_name(self) -> str:
+        return f"ipengine-{self._ipp.cluster_id}"  # ENGINE_TEMPLATE's --job-name
+
+    def _start_watchdog(self) -> None:
+        """A detached process that stops all this if the driver (this kernel) dies hard."""
+        ipp, security = self._ipp, Path(self._ipp.profile_dir, "security")
+        paths = [ipp.cluster_file] + [security / f"ipcontroller-{ipp.cluster_id}-{kind}.json"
+                                      for kind in ("client", "engine")]
+        if not self.spec.local:
+            paths.append(ipp.config.SlurmEngineSetLauncher.batch_file_name)
+        self._watchdog = Watchdog.start(
+            Path(ipp.profile_dir, "log", f"watchdog-{ipp.cluster_id}.json"),
+            # by name too: sbatch may have queued the job before we learn its id
+            job_names=[] if self.spec.local else [self.job_name],
+            processes=self._launcher_pids(), paths=paths)
+
+    def _launcher_pids(self) -> list[int]:
+        """Pids of the controller and of local engine launchers (a SLURM batch launcher has
+        none: its engines are the job's, for scancel)."""
+        launchers = [self._ipp.controller]
+        for es in self._ipp.engines.values():
+            launchers += list(getattr(es, "launchers", {}).values()) or [es]
+        return [pid for pid in (getattr(x, "pid", None) for x in launchers) if pid and pid > 0]
 
     def _engine_set(self):
         return next(iter(self._ipp.engines.values()), None)
@@ -195,11 +242,16 @@ class Cluster:
         while len(self.client.ids) < spec.n:
             waited = time.monotonic() - t0
             if self.job_id:  # SLURM: watch the allocation itself
-                info = slurm.job_info(self.job_id)
+                try:
+                    info = slurm.job_info(self.job_id)
+                except slurm.SlurmError as e:  # a busy slurmctld is no answer: the deadline holds
+                    log.warning("%s", e)
+                    info = {"JobState": "UNKNOWN", "Reason": f"scontrol failed: {e}"}
                 state = info["JobState"]
-                if state == "PENDING" and waited > spec.wait:
+                # PENDING, CONFIGURING, SUSPENDED, REQUEUED...: none of them runs engines
+                if state != "RUNNING" and state not in slurm.DONE_STATES and waited > spec.wait:
                     raise ClusterError(
-                        f"SLURM job {self.job_id} still pending after {spec.wait:.0f} s "
+                        f"SLURM job {self.job_id} still {state.lower()} after {spec.wait:.0f} s "
                         f"(reason: {info.get('Reason')}): cancelled")
                 if state in slurm.DONE_STATES:
                     raise ClusterError(
@@ -244,13 +296,22 @@ class Cluster:
         """Job id and state, nodes, and every engine's host and pid."""
         info = {"job_id": self.job_id, "state": "LOCAL" if self.spec.local else None,
                 "nodes": None, "engines": []}
+        ended = False
         if self.job_id and not self.stopped:
             try:
                 job = slurm.job_info(self.job_id)
                 info.update(state=job["JobState"], nodes=job.get("NodeList"))
+                # e.g. scancel from another shell; COMPLETING: ended, its processes being killed
+                ended = job["JobState"] in slurm.DONE_STATES | {"COMPLETING"}
             except slurm.SlurmError as e:
-                info["state"] = f"unknown ({e})"
-        if self.client is not None and not self.stopped:
+                if "Invalid job id" in str(e):  # ended long enough ago that SLURM forgot it
+                    info["state"], ended = "ENDED (no longer known to SLURM)", True
+                else:
+                    info["state"] = f"unknown ({e})"
+        if ended:
+            log.warning("the engines' job %s ended (%s) outside this cluster's control",
+                        self.job_id, info["state"])
+        elif self.client is not None and not self.stopped:  # a dead job's engines never answer
             ids = list(self.client.ids)
             if ids:
                 hosts = self.client[ids].apply_async(_whereami).get(timeout=30)
@@ -289,13 +350,32 @@ class Cluster:
         return self._dask
 
     # ------------------------------------------------------------------------------ stop
-    def stop(self) -> float:
-        """Stop engines and controller, cancel the allocation, check nothing is left. Idempotent."""
+    def stop(self, timeout: float | None = None) -> float:
+        """Stop engines and controller, cancel the allocation and wait until SLURM confirms it
+        left the queue. Raises ClusterError saying what is left (or that SLURM did not answer)
+        if it cannot confirm that within `timeout` (default: .stop_timeout); calling stop()
+        again then tries again. Idempotent once it succeeded."""
         if self.stopped:
             return 0.0
+        timeout = self.stop_timeout if timeout is None else timeout
         t0 = time.monotonic()
+        if not self._processes_stopped:
+            self._stop_processes()
+            self._processes_stopped = True
         job = self.job_id
+        if not self.spec.local:
+            try:
+                slurm.cancel([job] if job else [], names=[self.job_name], timeout=timeout)
+            except slurm.SlurmError as e:
+                raise ClusterError(f"the engines' job {job or self.job_name} may still hold "
+                                   f"its allocation: {e}; call stop() again to retry") from None
         self.stopped = True
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        atexit.unregister(self.stop)
+        return time.monotonic() - t0
+
+    def _stop_processes(self) -> None:
         # ipyparallel warns, with the engines' whole log, about every engine it had to SIGKILL;
         # busy engines (TensorFlow, Dask worker threads) often need it, and we check below anyway
         self._ipp.log.setLevel(logging.ERROR)
@@ -304,9 +384,11 @@ class Cluster:
             if self._dask is not None:
                 from ipyparallel.util import stop_distributed_worker
 
-                self._dask.close()
-                self.client[:].apply_sync(stop_distributed_worker)
-                self._dask_scheduler.close()
+                try:
+                    self._dask.close()
+                    self.client[:].apply_sync(stop_distributed_worker)
+                finally:  # the scheduler lives in this process: never leave it running
+                    self._dask_scheduler.close()
         except Exception as e:  # a worker already gone, say: the engines are stopped below
             log.warning("stopping Dask: %s", e)
         try:
@@ -320,24 +402,14 @@ class Cluster:
                 proc.kill()
             except Exception:  # already gone
                 pass
-        if job:
-            _cancel_and_wait(job)
-        atexit.unregister(self.stop)
-        return time.monotonic() - t0
 
     def _local_processes(self) -> list:
         """The processes this cluster started on this machine: controller, engines, their
         children (nannies, mpiexec's ranks). SLURM's scancel takes care of the rest."""
         import psutil
 
-        launchers = [self._ipp.controller]
-        for es in self._ipp.engines.values():
-            launchers += list(getattr(es, "launchers", {}).values()) or [es]
         procs = []
-        for launcher in launchers:
-            pid = getattr(launcher, "pid", None)  # batch launchers have none: SLURM's job
-            if not pid or pid <= 0:
-                continue
+        for pid in self._launcher_pids():
             try:
                 p = psutil.Process(pid)
                 procs += [p] + p.children(recursive=True)
@@ -348,8 +420,13 @@ class Cluster:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.stop()
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self.stop()
+        except ClusterError as e:
+            if exc is None:
+                raise
+            log.error("%s", e)  # the error already on its way out is the one to see
 
 
 def _whereami() -> dict:
@@ -366,20 +443,3 @@ def _slurm_message(e: BaseException) -> str:
     if isinstance(out, bytes):
         out = out.decode(errors="replace")
     return (out or str(e)).strip()
-
-
-def _cancel_and_wait(job: str, timeout: float = 30.0) -> None:
-    """scancel the job and wait until SLURM no longer lists it as pending or running."""
-    try:
-        slurm.run("scancel", str(job))
-    except slurm.SlurmError as e:
-        log.warning("%s", e)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if slurm.job_state(job) in slurm.DONE_STATES:
-                return
-        except slurm.SlurmError:  # purged from slurmctld's memory: gone
-            return
-        time.sleep(0.2)
-    raise ClusterError(f"SLURM job {job} still listed {timeout:.0f} s after scancel")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -14,6 +14,7 @@ from pathlib import Path
 from . import slurm
 from .cluster import ClusterError
 from .security import dask_tls, host_address
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -37,28 +38,37 @@ class SlurmDask:
 
     A context manager: on exit the client closes, the jobs are cancelled and the queue is
     checked for them. A job script SLURM would refuse (an unknown constraint, too much memory)
-    is caught before anything is submitted, with SLURM's own words.
+    is caught before anything is submitted, with SLURM's own words. If this process dies
+    without closing (SIGKILL), a watchdog process cancels the jobs (by their unique job name).
     """
 
     def __init__(self, workers: int = 2, threads: int = 1, cpus: int | None = None,
                  memory: str = "4GiB", walltime: str = "00:30:00", sbatch_options: str = "",
                  log_dir: str | Path | None = None, prologue=(), interface: str | None = None,
-                 python: str | None = None, wait: float = 300.0):
+                 python: str | None = None, wait: float = 300.0, warm_up: bool = True):
         for name, value in (("workers", workers), ("threads", threads), ("cpus", cpus or threads)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if wait <= 0:
             raise ValueError(f"wait must be > 0 seconds, got {wait}")
+        # each value lands in the job script: refuse what would be a shell line or a bad option
+        extra = slurm.check_sbatch_args(sbatch_options)  # one checked option per #SBATCH line
+        slurm.check_option("time", walltime)
+        for name, value in (("python", python), ("interface", interface)):
+            if value is not None:
+                slurm.check_no_control(name, value)
         from distributed import Client
 
         SLURMCluster = _import_slurm_cluster()
 
         self.workers = workers
+        # unique: a watchdog cancelling by name must not touch another run's workers
+        self.job_name = f"lhccnn-dask-{secrets.token_hex(4)}"
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="lhccnn-dask-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.cluster = SLURMCluster(
             cores=threads, processes=1, job_cpu=cpus or threads, memory=memory, walltime=walltime,
-            job_name="lhccnn-dask", job_extra_directives=[sbatch_options] if sbatch_options else [],
+            job_name=self.job_name, job_extra_directives=extra,
             job_script_prologue=list(prologue), log_directory=str(self.log_dir),
             interface=interface, python=python or sys.executable, silence_logs="error",
             # mutual TLS with credentials only this user can read (workers read them by path on
@@ -69,16 +79,25 @@ class SlurmDask:
                                **({} if interface else {"host": host_address()})})
         self.client = None
         self._job_ids: set[str] = set()
+        self._watchdog: Watchdog | None = None
+        self._submitted = False  # nothing to cancel before the first sbatch
         try:
             self._check_job_script()
+            self._watchdog = Watchdog.start(self.log_dir / "watchdog.json", job_names=[self.job_name])
+            self._submitted = True
             self.cluster.scale(workers)
             self.client = Client(self.cluster, security=self.cluster.security)
             self._wait(wait)
-            from .pbt import warm_up_worker
+            self._watchdog.update(jobs=self.job_ids())
+            if warm_up:
+                from .pbt import warm_up_worker
 
-            self.client.run(warm_up_worker)  # import TensorFlow once, before any timing
+                self.client.run(warm_up_worker)  # import TensorFlow once, before any timing
         except BaseException:
-            self.close()
+            try:
+                self.close()
+            except ClusterError as e:  # the first error is the one to raise; say this one too
+                log.error("%s", e)
             raise
 
     def job_script(self) -> str:
@@ -125,8 +144,9 @@ class SlurmDask:
         return {job: rest for job, rest in rows if job in ids}
 
     def close(self, timeout: float = 30.0) -> None:
-        """Close the client and the cluster (which cancels the jobs); cancel what is still queued.
-        Idempotent."""
+        """Close the client and the cluster (which cancels the jobs), then cancel by id and name
+        whatever is still queued until SLURM confirms none is left; else ClusterError says what
+        is left. Idempotent; after a failure, close() again tries again."""
         ids = self.job_ids()
         try:
             if self.client is not None:
@@ -135,24 +155,21 @@ class SlurmDask:
         except Exception as e:  # the jobs are checked below regardless
             log.warning("closing the Dask cluster: %s", e)
         self.client = None
-        deadline = time.monotonic() + timeout
         try:
-            while ids and time.monotonic() < deadline:
-                left = list(self._queue_states())
-                if not left:
-                    return
-                subprocess.run(["scancel", *left], capture_output=True)
-                time.sleep(0.5)
-            left = self._queue_states()
-        except slurm.SlurmError as e:  # SLURM itself unreachable: say so, do not mask an error
-            log.warning("could not check that the Dask worker jobs %s left the queue: %s", ids, e)
-            return
-        if left:
-            raise ClusterError(f"Dask worker jobs still queued after {timeout:.0f} s: "
-                               + "; ".join(f"{j} {s}" for j, s in left.items()))
+            if self._submitted:
+                slurm.cancel(ids, names=[self.job_name], timeout=timeout)
+        except slurm.SlurmError as e:
+            raise ClusterError(f"Dask worker jobs may still be queued: {e}") from None
+        if self._watchdog is not None:
+            self._watchdog.stop()
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self.close()
+        except ClusterError as e:
+            if exc is None:
+                raise
+            log.error("%s", e)  # the error already on its way out (Ctrl-C, say) is the one to see

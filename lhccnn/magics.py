@@ -116,7 +116,10 @@ class ClusterMagics(Magics):
             print("no cluster running")
             return None
         job = self.cluster.job_id
-        seconds = self.cluster.stop()
+        try:
+            seconds = self.cluster.stop()
+        except ClusterError as e:  # says what may be left; the cluster is kept, to stop again
+            raise UsageError(f"{e}\nrun %ipcluster stop again once SLURM answers") from None
         left = f"; job {job} ended, nothing left in the queue" if job else ""
         print(f"cluster stopped in {seconds:.1f} s{left}")
         return None

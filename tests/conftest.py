@@ -162,5 +162,6 @@ def pytest_runtest_makereport(item, call):
         for cmd in (["sinfo", "-N"], ["squeue"]):
             out = subprocess.run(cmd, env=env, capture_output=True, text=True)
             item.add_report_section("call", " ".join(cmd), out.stdout + out.stderr)
-        for log in sorted((REPO / ".minislurm" / "log").glob("*.log")):
+        state = Path(os.environ.get("MINISLURM_STATE", REPO / ".minislurm"))  # where minislurm.sh keeps it
+        for log in sorted((state / "log").glob("*.log")):
             item.add_report_section("call", log.name, "\n".join(log.read_text().splitlines()[-15:]))

@@ -17,7 +17,27 @@ export SLURM_CONF=$STATE/slurm.conf
 
 log() { echo "minislurm: $*" >&2; }
 die() { echo "minislurm: error: $*" >&2; exit 1; }
-alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# A pid file may outlive its daemon (a container restart reuses pids): a pid counts as ours only
+# if its process has the command name and start time recorded beside the pid file at start.
+ident() {   # "comm starttime" of a live pid, from /proc (starttime: field 22, after the comm)
+  local stat rest
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  rest=${stat##*) }; set -- $rest
+  echo "$(cat "/proc/${stat%% *}/comm" 2>/dev/null) ${20}"
+}
+record() {  # remember who the pid file's process is, once its daemon has written it
+  local pid; pid=$(cat "$1" 2>/dev/null) || return 0
+  ident "$pid" > "$1.id" 2>/dev/null || true
+}
+alive() {   # $1 pid file, $2 expected command name: true if its pid is that very daemon
+  [[ -f $1 ]] || return 1
+  local pid want now; pid=$(cat "$1" 2>/dev/null) || return 1
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  now=$(ident "$pid") || return 1
+  if [[ -f $1.id ]]; then want=$(cat "$1.id"); [[ $now == "$want" ]]
+  else [[ ${now%% *} == "$2" ]]; fi   # no record (an older start): the command name at least
+}
 
 need() {
   local missing=()
@@ -35,6 +55,7 @@ start_munge() {
   chmod 0700 /etc/munge; chmod 0400 /etc/munge/munge.key; chmod 0755 /run/munge
   runuser -u munge -- munged --pid-file=/run/munge/munged.pid
   cp /run/munge/munged.pid "$STATE/munged.pid"   # marks munged as ours, so stop takes it down
+  record "$STATE/munged.pid"
   for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return; sleep 0.1; done
   die "munged did not answer; see /var/log/munge/munged.log"
 }
@@ -63,40 +84,73 @@ start() {
   need
   mkdir -p "$STATE"/{ctld,log,spool}
   start_munge
-  if alive "$STATE/slurmctld.pid"; then
+  if alive "$STATE/slurmctld.pid" slurmctld; then
     log "slurmctld already running"
   else
+    rm -f "$STATE/slurmctld.pid" "$STATE/slurmctld.pid.id"
     write_conf
     slurmctld -i   # -i: ignore state of a previous incarnation (jobs of a dead cluster)
+    wait_pidfile "$STATE/slurmctld.pid"
   fi
   for k in $(seq "$NODES"); do
-    alive "$STATE/slurmd.node$k.pid" || { mkdir -p "$STATE/spool/node$k"; slurmd -N "node$k"; }
+    local f=$STATE/slurmd.node$k.pid
+    alive "$f" slurmd && continue
+    rm -f "$f" "$f.id"; mkdir -p "$STATE/spool/node$k"; slurmd -N "node$k"; wait_pidfile "$f"
   done
   wait_idle
 }
 
+wait_pidfile() {   # the daemon forks and writes its pid file; record its identity then
+  for _ in $(seq 100); do [[ -s $1 ]] && { record "$1"; return; }; sleep 0.05; done
+  log "warning: $1 not written within 5 s"
+}
+
+ours_stepds() {   # slurmstepd processes of this cluster: their open files lie under $STATE
+  local p
+  for p in $(pgrep -x slurmstepd || true); do
+    # not grep -q: under pipefail, ls killed by SIGPIPE would turn a match into a miss
+    if { ls -l "/proc/$p/fd" "/proc/$p/cwd" 2>/dev/null || true; } | grep -F -- "$STATE/" >/dev/null
+    then echo "$p"; fi
+  done
+}
+
 stop() {
   export SLURM_CONF
-  if [[ -f $STATE/slurm.conf ]] && alive "$STATE/slurmctld.pid"; then
+  if [[ -f $STATE/slurm.conf ]] && alive "$STATE/slurmctld.pid" slurmctld; then
     scancel --user="$(id -un)" 2>/dev/null || true   # no job outlives the cluster
+    # and wait for them to end: slurmd must be there to kill their processes (KillWait=5)
+    local deadline=$((SECONDS + 30))
+    while ((SECONDS < deadline)) && [[ -n $(squeue -h -o %i 2>/dev/null) ]]; do sleep 0.5; done
+    [[ -z $(squeue -h -o %i 2>/dev/null) ]] || { log "jobs still listed after 30 s:"; squeue >&2 || true; }
   fi
-  local pids=()
+  local pids=() f name ctld others
+  ctld=$(cat "$STATE/slurmctld.pid" 2>/dev/null || true)
+  others=$(pgrep -x slurmctld | grep -vx -- "${ctld:-none}" || true)   # before we kill ours
   for f in "$STATE"/slurmd.*.pid "$STATE"/slurmctld.pid "$STATE"/munged.pid; do
     [[ -f $f ]] || continue
-    alive "$f" && { pids+=("$(cat "$f")"); kill "$(cat "$f")" 2>/dev/null || true; }
-    rm -f "$f"
+    name=$(basename "$f" .pid); name=${name%%.*}
+    if [[ $name == munged && -n $others ]]; then
+      log "munged left running: another SLURM on this host uses it"
+    elif alive "$f" "$name"; then
+      pids+=("$(cat "$f")"); kill "$(cat "$f")" 2>/dev/null || true
+    elif [[ -s $f ]]; then
+      log "pid file $f names pid $(cat "$f"), which is not our $name: not signalled"
+    fi
+    rm -f "$f" "$f.id"
   done
   for p in "${pids[@]}"; do   # wait, then insist
     for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$p" 2>/dev/null || true
   done
-  # Job steps run under slurmstepd; a killed slurmd can leave them behind.
-  pkill -f "slurmstepd: \[" 2>/dev/null || true
+  # Job steps run under slurmstepd; a killed slurmd can leave them behind. Only ours: another
+  # mini SLURM may run on this host.
+  local stepds; stepds=$(ours_stepds)
+  [[ -z $stepds ]] || kill -9 $stepds 2>/dev/null || true
   log "stopped"
 }
 
 status() {
-  alive "$STATE/slurmctld.pid" || { echo "mini SLURM is not running (state: $STATE)"; return 3; }
+  alive "$STATE/slurmctld.pid" slurmctld || { echo "mini SLURM is not running (state: $STATE)"; return 3; }
   echo "SLURM_CONF=$SLURM_CONF"; sinfo -N -l; echo; squeue
 }
 

@@ -17,8 +17,10 @@ umask 077   # connection files hold the cluster's key: yours only (ipyparallel a
 export LHCCNN_CLUSTER_ID=${LHCCNN_CLUSTER_ID:-lhccnn-$SLURM_JOB_ID}
 export LHCCNN_PROFILE_DIR=${LHCCNN_PROFILE_DIR:-${IPYTHONDIR:-$HOME/.ipython}/profile_default}
 n=${SLURM_NTASKS:-$SLURM_NNODES} wait_s=${LHCCNN_WAIT:-120}
-case $LHCCNN_LAUNCHER in   # --overlap: later srun steps (e.g. Horovod) can share the nodes
-  srun) launch=(srun --overlap --cpu-bind=none -n "$n") ;;
+[[ $LHCCNN_CLUSTER_ID =~ ^[A-Za-z0-9_.+-]+$ ]] || { echo "bad LHCCNN_CLUSTER_ID" >&2; exit 2; }
+# --overlap: later srun steps share the nodes; --kill-on-bad-exit: a dead rank ends the MPI job
+case $LHCCNN_LAUNCHER in
+  srun) launch=(srun --overlap --cpu-bind=none --kill-on-bad-exit=1 -n "$n") ;;
   mpirun) launch=(mpirun -np "$n" --bind-to none) ;;
   *) echo "error: LHCCNN_LAUNCHER must be srun or mpirun, got '$LHCCNN_LAUNCHER'" >&2; exit 2 ;;
 esac

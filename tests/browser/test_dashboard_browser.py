@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import nbformat
+import psutil
 import pytest
 
 from lhccnn.config import results_dir
@@ -43,10 +44,12 @@ def lab(tmp_path, tiny_data):
         "\n".join(f"{k} = {v!r}" for k, v in params.items())))
     nbformat.write(nb, tmp_path / "dashboard.ipynb")
     port, token = _free_port(), secrets.token_hex(16)
-    env = dict(os.environ, LHCCNN_DATA_DIR=str(tiny_data), JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"))
+    # the token through the environment: a command line is visible to every user (ps)
+    env = dict(os.environ, LHCCNN_DATA_DIR=str(tiny_data), JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"),
+               JUPYTER_TOKEN=token)
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}",
+         f"--ServerApp.root_dir={tmp_path}",
          "--ServerApp.allow_root=True", "--LabApp.news_url=''",
          "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         env=env, stdout=open(tmp_path / "lab.log", "w"), stderr=subprocess.STDOUT)
@@ -60,6 +63,7 @@ def lab(tmp_path, tiny_data):
             assert time.monotonic() < deadline and server.poll() is None, \
                 (tmp_path / "lab.log").read_text()[-3000:]
             time.sleep(0.5)
+    assert not any(token in arg for arg in psutil.Process(server.pid).cmdline())
     started = time.time()
     yield base, token, tmp_path
     # a polite kernel shutdown, as from JupyterLab's menu: the kernel's exit stops its engines

@@ -131,3 +131,29 @@ def test_kernel_shutdown_stops_the_cluster_and_cancels_the_job(slurm):
         assert time.monotonic() < deadline, "the kernel went away but its SLURM job did not"
         time.sleep(0.5)
     assert slurm_cli.queue() == []
+
+
+def test_kernel_killed_by_a_restart_still_gets_its_job_cancelled(slurm):
+    # A restart of a stuck kernel SIGKILLs its whole process group: no atexit handler runs,
+    # and the watchdog, in a session of its own, must survive it to cancel the job.
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    outputs = []
+    try:
+        reply = kc.execute_interactive(
+            "%load_ext lhccnn.magics\nc = %ipcluster start -N 1 --wait 60\nprint('JOB', c.job_id)",
+            timeout=90, output_hook=outputs.append)
+        assert reply["content"]["status"] == "ok"
+        text = "".join(m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream")
+        job = text.split("JOB ")[1].split()[0]
+        assert slurm_cli.job_state(job) == "RUNNING"
+        km.restart_kernel(now=True)  # SIGKILL to the kernel's process group, then a new kernel
+        t0 = time.monotonic()
+        while job in slurm_cli.queue():
+            assert time.monotonic() - t0 < 60, "the killed kernel's job is still in the queue"
+            time.sleep(0.5)
+        print(f"job {job} left the queue {time.monotonic() - t0:.1f} s after the kernel's SIGKILL")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

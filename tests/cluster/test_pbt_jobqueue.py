@@ -19,9 +19,10 @@ def _pbt_cli(root, data, *extra):
 
 
 def _dask_jobs(env) -> list[str]:
-    out = subprocess.run(["squeue", "-h", "-n", "lhccnn-dask", "-o", "%i %T"], env=env,
+    # each SlurmDask names its jobs lhccnn-dask-<random>, so that one run's cancel spares another's
+    out = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], env=env,
                          capture_output=True, text=True, check=True).stdout
-    return out.splitlines()
+    return [line for line in out.splitlines() if line.split()[1].startswith("lhccnn-dask-")]
 
 
 def _finished(record) -> bool:

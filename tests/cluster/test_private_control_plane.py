@@ -52,3 +52,15 @@ def test_credentials_are_private_and_nothing_listens_beyond_loopback(local_engin
                  if c.status == psutil.CONN_LISTEN]
     assert listening  # the scheduler, its dashboard and the workers do listen...
     assert all(addr.ip in ("127.0.0.1", "::1") for _, addr in listening), listening  # ...on loopback
+
+
+def test_the_ipyparallel_controller_talks_only_curvezmq(local_engines):
+    import json
+
+    security = Path(local_engines._ipp.profile_dir, "security")
+    files = sorted(security.glob(f"ipcontroller-{local_engines._ipp.cluster_id}-*.json"))
+    assert [f.name.rsplit("-", 1)[1] for f in files] == ["client.json", "engine.json"]
+    for f in files:  # the controller's public key: encryption and the right to connect
+        info = json.loads(f.read_text())
+        assert info["curve_serverkey"] and stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    assert local_engines.client[:].apply_sync(abs, -1) == [1, 1]

@@ -1,13 +1,15 @@
-"""Faults: a Horovod rank killed mid-training gives a clear error, and the cluster still stops."""
+"""Faults: a killed Horovod rank gives a clear error; a job cancelled from outside is reported."""
 
 import os
 import signal
+import subprocess
+import threading
 import time
 
 import pytest
 
 from lhccnn import slurm as slurm_cli
-from lhccnn.cluster import Cluster, ClusterSpec
+from lhccnn.cluster import Cluster, ClusterError, ClusterSpec
 from lhccnn.config import smoke
 from lhccnn.train import train
 
@@ -34,3 +36,56 @@ def test_killed_rank_gives_an_error_within_60s_and_cluster_still_stops(slurm, ti
         seconds = cluster.stop()
     assert seconds < 30
     assert slurm_cli.queue() == []
+
+
+def test_status_reports_a_job_cancelled_from_another_shell_with_its_id_and_state(slurm):
+    cluster = Cluster.start(ClusterSpec(nodes=1, wait=60))
+    job = cluster.job_id
+    try:
+        subprocess.run(["scancel", job], check=True)  # as from another terminal
+        deadline = time.monotonic() + 30
+        while True:
+            t0 = time.monotonic()
+            info = cluster.status()
+            assert time.monotonic() - t0 < 10, "status() waited on the dead job's engines"
+            if info["state"] not in ("RUNNING", "COMPLETING"):
+                break
+            assert time.monotonic() < deadline, info
+            time.sleep(0.5)
+        assert info["job_id"] == job and info["state"] == "CANCELLED", info
+        assert info["engines"] == []
+    finally:
+        cluster.stop()
+    assert cluster.stopped and job not in slurm_cli.queue()
+
+
+def test_start_gives_up_on_a_suspended_job_after_its_deadline_and_says_so(slurm, tmp_path):
+    # engines that never register (they sleep), in a job suspended while they "start"
+    fake_python = tmp_path / "python"
+    fake_python.write_text("#!/bin/bash\nexec sleep 300\n")
+    fake_python.chmod(0o755)
+    spec = ClusterSpec(nodes=1, wait=10, python=str(fake_python))
+    result = {}
+
+    def start():
+        try:
+            result["cluster"] = Cluster.start(spec)
+        except Exception as e:
+            result["error"] = e
+
+    t0 = time.monotonic()
+    starter = threading.Thread(target=start)
+    starter.start()
+    job = None
+    while job is None and time.monotonic() - t0 < 8:
+        out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i %j"], capture_output=True,
+                             text=True).stdout.split()
+        job = next((j for j, n in zip(out[::2], out[1::2]) if n.startswith("ipengine-")), None)
+        time.sleep(0.1)
+    assert job, "the engines' job did not start"
+    subprocess.run(["scontrol", "suspend", job], check=True)
+    starter.join(timeout=60)
+    assert not starter.is_alive(), "Cluster.start still waiting 60 s after its deadline"
+    assert isinstance(result.get("error"), ClusterError), result
+    assert f"SLURM job {job} still suspended after 10 s" in str(result["error"])
+    assert job not in slurm_cli.queue()  # and the suspended job was cancelled
