@@ -42,9 +42,9 @@ def test_a_process_without_the_credentials_cannot_run_code_through_the_dask_sche
 
 def test_credentials_are_private_and_nothing_listens_beyond_loopback(local_engines):
     client = local_engines.dask()
-    security = Path(local_engines._ipp.profile_dir, "security")
-    files = list(security.rglob("*.json")) + list(security.rglob("*.pem"))
-    assert any(f.suffix == ".pem" for f in files) and any(f.suffix == ".json" for f in files)
+    security, cid = Path(local_engines._ipp.profile_dir, "security"), local_engines._ipp.cluster_id
+    files = [*security.glob(f"ipcontroller-{cid}-*.json"), *(security / f"dask-{cid}").glob("*")]
+    assert sorted(f.suffix for f in files) == [".json", ".json", ".pem", ".pem"], files
     for f in files:  # IPyParallel's connection files and Dask's key and certificate
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
     pids = [os.getpid(), *local_engines.client[:].apply_sync(os.getpid)]
