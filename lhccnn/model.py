@@ -15,28 +15,67 @@ def make_optimizer(name: str, lr: float):
     return getattr(tf.keras.optimizers.legacy, name)(learning_rate=lr)
 
 
+def seeded_dropout_layer():
+    """A Dropout layer for models that are reused across runs (PBT members on one worker):
+    its rate and random stream live in variables set from outside between runs (`reseed`),
+    so neither a retrace nor the runs before changes the masks. Each training call draws a
+    stateless mask from (seed, call count). Keras would save variables assigned to a layer
+    with its weights; these are kept in a plain namespace, out of checkpoints."""
+    import types
+
+    import tensorflow as tf
+
+    class SeededDropout(tf.keras.layers.Layer):
+        def __init__(self, rate, **kwargs):
+            super().__init__(**kwargs)
+            self.state = types.SimpleNamespace(
+                rate=tf.Variable(float(rate), trainable=False, dtype=tf.float32),
+                seed=tf.Variable(0, trainable=False, dtype=tf.int64),
+                calls=tf.Variable(0, trainable=False, dtype=tf.int64))
+
+        def call(self, inputs, training=None):
+            if not training:
+                return inputs
+            self.state.calls.assign_add(1)
+            seed = tf.stack([self.state.seed, self.state.calls])
+            return tf.nn.experimental.stateless_dropout(inputs, rate=self.state.rate, seed=seed)
+
+    return SeededDropout
+
+
+def reseed(model, dropout: float, seed: int) -> None:
+    """Set the rate and restart the random stream of a reusable model's dropout layers."""
+    for i, layer in enumerate(l for l in model.layers if hasattr(l, "state")):
+        layer.state.rate.assign(dropout)
+        layer.state.seed.assign(seed * 16 + i)  # a stream per layer
+        layer.state.calls.assign(0)
+
+
 def build_model(config: ModelConfig | None = None, input_shape=IMAGE_SHAPE, compile=True,
-                optimizer=None):
+                optimizer=None, reusable=False):
     """Build the CNN.
 
     Shapes with the defaults: (64,64,1) -conv8/pool-> (32,32,8) -conv16/pool-> (16,16,16)
     -conv32/pool-> (8,8,32) -flatten-> 2048 -dense64-> 64 -> 1 (sigmoid); 137,089 parameters.
     `optimizer` overrides the one named in the config (Horovod passes its wrapped optimizer).
+    `reusable` gives seeded dropout layers (see `seeded_dropout_layer`), for a model that is
+    trained again with another dropout rate and seed without being traced again.
     """
     import tensorflow as tf
     from tensorflow.keras import layers
 
     config = config or ModelConfig()
+    Dropout = seeded_dropout_layer() if reusable else layers.Dropout
     inputs = layers.Input(shape=input_shape, name="hist")
     h = inputs
     for size in config.conv_sizes:
         h = layers.Conv2D(size, 3, padding="same", activation="relu")(h)
         h = layers.MaxPooling2D(2)(h)
-    h = layers.Dropout(config.dropout)(h)
+    h = Dropout(config.dropout)(h)
     h = layers.Flatten()(h)
     for size in config.dense_sizes:
         h = layers.Dense(size, activation="relu")(h)
-        h = layers.Dropout(config.dropout)(h)
+        h = Dropout(config.dropout)(h)
     outputs = layers.Dense(1, activation="sigmoid", name="p_signal")(h)
     model = tf.keras.Model(inputs, outputs, name="lhccnn")
     if compile:

@@ -185,19 +185,21 @@ class Pipelines(NamedTuple):
 
 
 def pipelines(config: TrainConfig, data: Path, rank: int = 0, size: int = 1,
-              seed: int | None = None) -> Pipelines:
+              seed: int | None = None, epochs: int | None = None) -> Pipelines:
     """The datasets every training path uses: this rank's shards of train.h5 and val.h5,
-    shuffled with `seed` (default: config.seed + rank)."""
+    shuffled with `seed` (default: config.seed + rank). For a single epoch (`epochs=1`) they
+    do not repeat: a repeating pipeline reads ahead into an epoch nobody trains, and the end
+    of fit waits for that read (about 1 s for a 4,096-event shuffle buffer)."""
     from .data import make_dataset, steps_per_epoch
 
     seed = config.seed + rank if seed is None else seed
     train_ds, shard = make_dataset(data / "train.h5", config.batch_size, n=config.n_train,
                                    rank=rank, size=size, shuffle=True, seed=seed,
-                                   streaming=config.streaming, repeat=True,
+                                   streaming=config.streaming, repeat=epochs != 1,
                                    shuffle_buffer=config.shuffle_buffer)
     val_ds, val_shard = make_dataset(data / "val.h5", config.batch_size, n=config.n_val,
                                      rank=rank, size=size, shuffle=False,
-                                     streaming=config.streaming, repeat=True)
+                                     streaming=config.streaming, repeat=epochs != 1)
     return Pipelines(train_ds, val_ds, steps_per_epoch(shard, config.batch_size),
                      steps_per_epoch(val_shard, config.batch_size), shard)
 

@@ -143,3 +143,34 @@ def test_optimizer_state_is_carried_over_only_to_the_same_kind_and_only_if_intac
     path.write_bytes(path.read_bytes()[:50])
     with pytest.warns(RuntimeWarning, match="optimizer state missing or corrupt"):
         assert not load_inherited(child, store, parent, "Adam")[2]  # afresh, not a crash
+
+
+def _lineage(root, data, order, clear_cache):
+    """Three generations of two members, trained in `order` on this thread."""
+    from lhccnn.config import TrainConfig
+    from lhccnn.pbt import _MODELS, train_member
+
+    store, models = Store(root), []
+    base = TrainConfig(n_train=512, n_val=256, batch_size=64, epochs=1, warmup_epochs=0.0)
+    hp = {0: {"lr": 3e-3, "dropout": 0.3, "optimizer": "Nadam"},
+          1: {"lr": 1e-3, "dropout": 0.1, "optimizer": "Adam"}}
+    for g in range(3):
+        for m in order:
+            inherit = f"g{g - 1:03d}-m{m:02d}" if g else None
+            t = store.create_trial({**hp[m], "generation": g, "member": m, "inherit": inherit,
+                                    "parents": [inherit] if inherit else []},
+                                   trial_id=f"g{g:03d}-m{m:02d}")
+            if clear_cache:
+                _MODELS.__dict__.clear()
+            train_member(str(root), t, base, str(data), epochs=1, seed=0)
+            models.append(id(_MODELS.models[((8, 16, 32), (64,), hp[m]["optimizer"])]))
+    return {t: store.status(t)["val_loss"] for t in store.trial_ids()}, models
+
+
+def test_a_reused_model_gives_exactly_what_a_fresh_one_gives(tiny_data, tmp_path):
+    # a worker keeps one compiled model per architecture and optimizer kind (no retracing);
+    # a member's result must not depend on which members that worker ran before
+    reused, models = _lineage(tmp_path / "a", tiny_data, [0, 1], clear_cache=False)
+    fresh, _ = _lineage(tmp_path / "b", tiny_data, [1, 0], clear_cache=True)
+    assert reused == fresh
+    assert len(set(models[2:])) == 2  # generations 1 and 2 reuse the two models of generation 0
