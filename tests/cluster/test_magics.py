@@ -110,7 +110,8 @@ def test_engines_that_die_at_start_are_reported_with_their_log(slurm, tmp_path):
     assert slurm_cli.queue() == []
 
 
-def test_kernel_shutdown_stops_the_cluster_and_cancels_the_job(slurm):
+def _kernel_with_a_cluster():
+    """A real Jupyter kernel that ran `%ipcluster start -N 1`: (manager, client, SLURM job)."""
     from jupyter_client.manager import start_new_kernel
 
     km, kc = start_new_kernel(kernel_name="python3")
@@ -123,9 +124,17 @@ def test_kernel_shutdown_stops_the_cluster_and_cancels_the_job(slurm):
         text = "".join(m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream")
         job = text.split("JOB ")[1].split()[0]
         assert slurm_cli.job_state(job) == "RUNNING"
-    finally:
+    except BaseException:
         kc.stop_channels()
-        km.shutdown_kernel(now=False)  # a polite shutdown, as JupyterLab's "Shut Down Kernel"
+        km.shutdown_kernel(now=True)
+        raise
+    return km, kc, job
+
+
+def test_kernel_shutdown_stops_the_cluster_and_cancels_the_job(slurm):
+    km, kc, job = _kernel_with_a_cluster()
+    kc.stop_channels()
+    km.shutdown_kernel(now=False)  # a polite shutdown, as JupyterLab's "Shut Down Kernel"
     deadline = time.monotonic() + 30
     while slurm_cli.job_state(job) not in slurm_cli.DONE_STATES:
         assert time.monotonic() < deadline, "the kernel went away but its SLURM job did not"
@@ -136,18 +145,8 @@ def test_kernel_shutdown_stops_the_cluster_and_cancels_the_job(slurm):
 def test_kernel_killed_by_a_restart_still_gets_its_job_cancelled(slurm):
     # A restart of a stuck kernel SIGKILLs its whole process group: no atexit handler runs,
     # and the watchdog, in a session of its own, must survive it to cancel the job.
-    from jupyter_client.manager import start_new_kernel
-
-    km, kc = start_new_kernel(kernel_name="python3")
-    outputs = []
+    km, kc, job = _kernel_with_a_cluster()
     try:
-        reply = kc.execute_interactive(
-            "%load_ext lhccnn.magics\nc = %ipcluster start -N 1 --wait 60\nprint('JOB', c.job_id)",
-            timeout=90, output_hook=outputs.append)
-        assert reply["content"]["status"] == "ok"
-        text = "".join(m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream")
-        job = text.split("JOB ")[1].split()[0]
-        assert slurm_cli.job_state(job) == "RUNNING"
         km.restart_kernel(now=True)  # SIGKILL to the kernel's process group, then a new kernel
         t0 = time.monotonic()
         while job in slurm_cli.queue():
