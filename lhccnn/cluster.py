@@ -7,7 +7,9 @@ import logging
 import os
 import socket
 import stat
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,38 @@ log = logging.getLogger(__name__)
 
 class ClusterError(RuntimeError):
     """The cluster could not be started or stopped; the message says why (SLURM's words)."""
+
+
+class AllocationEnded(ClusterError):
+    """The SLURM job that holds the engines ended (time limit, node failure, scancel)."""
+
+
+class _CurveNotUnsigned(logging.Filter):
+    """With CurveZMQ on, ipyparallel drops the HMAC key (Curve authenticates and encrypts every
+    message), and jupyter_client then warns "Message signing is disabled": not so, here."""
+
+    def filter(self, record):
+        return "Message signing is disabled" not in record.getMessage()
+
+
+def _quiet_signing_warning() -> None:
+    from traitlets.log import get_logger
+
+    for logger in {get_logger(), logging.getLogger("traitlets")}:
+        if not any(isinstance(f, _CurveNotUnsigned) for f in logger.filters):
+            logger.addFilter(_CurveNotUnsigned())
+
+
+# an IPyParallel or Dask client -> the Cluster whose allocation runs its work
+_ALLOCATIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def allocation_ended(client) -> str | None:
+    """Why the allocation behind `client` can run no more work ("SLURM job 123 ended
+    CANCELLED"), or None while it runs (or for a client of no lhccnn cluster). Waiting loops
+    (random search, PBT) check this, so a job that ends fails their pending work in seconds."""
+    cluster = _ALLOCATIONS.get(client)
+    return cluster.ended if cluster is not None else None
 
 
 @dataclass(frozen=True)
@@ -128,6 +162,7 @@ class Cluster:
         self.stopped = False  # True only once SLURM confirmed the engines' job left the queue
         self.stop_timeout = 30.0  # seconds stop() waits for SLURM to confirm, by default
         self._dask = self._dask_scheduler = None
+        self.ended: str | None = None  # why the allocation ended under us, once it has
         self._processes_stopped = False
         self._watchdog: Watchdog | None = None
 
@@ -168,6 +203,7 @@ class Cluster:
         # holder of its public key (in the 0600 connection files) can talk to it
         ipp_cluster.controller_args = [*ipp_cluster.controller_args,
                                        "--IPController.enable_curve=True"]
+        _quiet_signing_warning()
         if spec.python:
             launcher_cfg = "MPIEngineSetLauncher" if spec.local and spec.mpi else (
                 "LocalEngineSetLauncher" if spec.local else "SlurmEngineSetLauncher")
@@ -195,6 +231,10 @@ class Cluster:
                 raise ClusterError(f"SLURM refused the engines' job: {_slurm_message(e)}") from None
             raise
         self.started_seconds = time.monotonic() - t0
+        if not spec.local:
+            _ALLOCATIONS[self.client] = self
+            threading.Thread(target=self._watch_allocation, daemon=True,
+                             name=f"lhccnn-watch-{self.job_id}").start()
         self.view = self.client[:]
         self.view.block = True
         if activate:
@@ -292,6 +332,27 @@ class Cluster:
             p.chmod(stat.S_IRUSR | stat.S_IWUSR)
 
     # ------------------------------------------------------------------------------ status
+    def _watch_allocation(self, every: float = 2.0) -> None:
+        """While the cluster is up, look at its job every `every` seconds; once SLURM says it
+        ended, record why in `.ended` (a failing scontrol is not taken for an ended job)."""
+        job, completing_since = self.job_id, None
+        while not self.stopped and self.ended is None:
+            try:
+                state = slurm.job_state(job)
+                if state == "COMPLETING":  # ending: wait a little for why (CANCELLED, TIMEOUT...)
+                    completing_since = completing_since or time.monotonic()
+                    if time.monotonic() - completing_since > 10:
+                        self.ended = f"SLURM job {job} ended (COMPLETING)"
+                elif state in slurm.DONE_STATES:
+                    self.ended = f"SLURM job {job} ended {state}"
+            except slurm.SlurmError as e:
+                if "Invalid job id" in str(e):  # ended long enough ago that SLURM forgot it
+                    self.ended = f"SLURM job {job} ended (no longer known to SLURM)"
+            if self.ended:
+                log.error("%s: its engines are gone", self.ended)
+                return
+            time.sleep(0.5 if completing_since else every)
+
     def status(self) -> dict:
         """Job id and state, nodes, and every engine's host and pid."""
         info = {"job_id": self.job_id, "state": "LOCAL" if self.spec.local else None,
@@ -345,6 +406,8 @@ class Cluster:
             self.client[:].apply_sync(become_dask_worker, self._dask_scheduler.scheduler_address,
                                       nthreads=1, security=security,
                                       **({"host": "127.0.0.1"} if self.spec.local else {}))
+            if not self.spec.local:
+                _ALLOCATIONS[self._dask] = self
             self._dask.wait_for_workers(len(self.client.ids), timeout=timeout)
             self._dask.run(warm_up_worker)  # import TensorFlow once, before any timing
         return self._dask

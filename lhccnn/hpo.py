@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cluster import allocation_ended
 from .config import MAX_CONV_BLOCKS, OPTIMIZERS, ModelConfig, TrainConfig, data_dir
 from .runner import _end, callback, run_attempt
 from .store import ENDED, CheckpointError, DriverLock, Store
@@ -273,8 +274,8 @@ def run_trials(view, store: Store, trial_ids, base: TrainConfig, data=None, retr
 
     One driver per study: the store's lock is held while this runs (a second driver is
     refused, naming the first). No wait is unbounded: a trial whose task cannot run any more
-    (retries spent, no engine left for `no_engines_grace` seconds, or `timeout` passed) is
-    marked failed with the reason; a trial that another live attempt runs is watched through
+    (retries spent, the engines' SLURM job ended, no engine left for `no_engines_grace`
+    seconds, or `timeout` passed) is marked failed with the reason; a trial that another live attempt runs is watched through
     its heartbeat and re-submitted if that attempt dies.
     """
     from tqdm.auto import tqdm
@@ -313,15 +314,15 @@ def run_trials(view, store: Store, trial_ids, base: TrainConfig, data=None, retr
                     watched.discard(t)
                     futures.update(submit([t]))
             no_engines_since = (None if view.client.ids else no_engines_since or time.monotonic())
-            reason = None
-            if no_engines_since is not None and time.monotonic() - no_engines_since > no_engines_grace:
+            reason = allocation_ended(view.client)
+            if reason:
+                reason += ": its engines are gone"
+            elif no_engines_since is not None and time.monotonic() - no_engines_since > no_engines_grace:
                 reason = f"no engine left for {no_engines_grace:.0f} s"
             elif deadline is not None and time.monotonic() > deadline:
                 reason = f"the search's timeout of {timeout:.0f} s passed"
             if reason:
-                for f, t in futures.items():
-                    if not f.ready():
-                        f.abort()
+                for t in futures.values():  # a task that still runs later finds it failed
                     store.fail(t, reason)
                     bar.update()
                 for t in watched:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import ga
+from .cluster import AllocationEnded, allocation_ended
 from .config import TrainConfig, data_dir
 from .files import append_line, locked, read_json, read_lines, write_json
 from .hpo import Choice, LogUniform, Uniform, space_from_dict, space_to_dict, trial_config, validate_space
@@ -460,7 +461,7 @@ class PBT:
         return ids
 
     def _run_generation(self, client, g: int, ids: list[str], progress: bool) -> None:
-        from distributed import as_completed
+        from distributed import wait
         from tqdm.auto import tqdm
 
         t0 = time.perf_counter()
@@ -481,23 +482,34 @@ class PBT:
         # scheduler queues a member behind a busy worker's and moves it only later (stealing),
         # idle time measured at up to 0.9 s of a 19 s generation
         slots = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()) or 1
-        done = as_completed([submit(t) for t in todo[:slots]])
+        pending = {submit(t) for t in todo[:slots]}
         waiting = todo[slots:]
         with tqdm(total=len(ids), initial=len(ids) - len(todo), desc=f"generation {g}",
                   unit="member", disable=not progress) as bar:
-            for f in done:
-                t = futures[f]
-                if waiting:
-                    done.add(submit(waiting.pop(0)))
-                try:
-                    st = f.result()
-                    for msg in st.get("warnings") or []:  # raised on the worker: say it here too
-                        warnings.warn(f"{t}: {msg}", RuntimeWarning, stacklevel=2)
-                    bar.set_postfix_str(f"{t}: val_loss {st.get('val_loss', math.nan):.4f}")
-                except Exception as e:  # a member that keeps failing gets fitness 0, the run goes on
-                    self.store.fail(t, f"{type(e).__name__}: {e}")
-                    log.warning("%s failed: %s", t, e)
-                bar.update()
+            while pending:
+                try:  # wake at least every second: the allocation may have ended meanwhile
+                    done, pending = wait(pending, timeout=1.0, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    done = set()
+                ended = allocation_ended(client)
+                if ended:
+                    client.cancel(list(pending))
+                    raise AllocationEnded(f"{ended}: generation {g} stopped with "
+                                          f"{len(pending) + len(waiting)} members unfinished; "
+                                          "run() resumes it on a new cluster")
+                for f in done:
+                    t = futures[f]
+                    if waiting:
+                        pending.add(submit(waiting.pop(0)))
+                    try:
+                        st = f.result()
+                        for msg in st.get("warnings") or []:  # raised on the worker: say it here
+                            warnings.warn(f"{t}: {msg}", RuntimeWarning, stacklevel=2)
+                        bar.set_postfix_str(f"{t}: val_loss {st.get('val_loss', math.nan):.4f}")
+                    except Exception as e:  # a member that keeps failing: fitness 0, the run goes on
+                        self.store.fail(t, f"{type(e).__name__}: {e}")
+                        log.warning("%s failed: %s", t, e)
+                    bar.update()
         wall = time.perf_counter() - t0
         statuses = {t: self.store.status(t) for t in ids}
         if not any(math.isfinite(st.get("val_loss", math.nan)) for st in statuses.values()):

@@ -1,4 +1,5 @@
-"""Faults: a killed Horovod rank gives a clear error; a job cancelled from outside is reported."""
+"""Faults: a killed Horovod rank gives a clear error; a job cancelled from outside is reported,
+and ends a running search or PBT run within seconds, naming the job."""
 
 import os
 import signal
@@ -89,3 +90,54 @@ def test_start_gives_up_on_a_suspended_job_after_its_deadline_and_says_so(slurm,
     assert isinstance(result.get("error"), ClusterError), result
     assert f"SLURM job {job} still suspended after 10 s" in str(result["error"])
     assert job not in slurm_cli.queue()  # and the suspended job was cancelled
+
+
+def _cancel_when(cond, job, timeout=180):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "the work never started"
+        time.sleep(0.1)
+    subprocess.run(["scancel", str(job)], check=True)  # from outside, as another shell would
+    return time.monotonic()
+
+
+def test_a_job_cancelled_from_outside_ends_a_running_search_in_seconds_naming_it(
+        slurm, tiny_data, tmp_path):
+    from lhccnn.hpo import run_trials
+    from lhccnn.store import Store
+
+    store = Store(tmp_path / "study")
+    ids = [store.create_trial({"lr": 1e-3}) for _ in range(3)]
+    with Cluster.start(ClusterSpec(nodes=2, engines=2, wait=60)) as cluster:
+        job = cluster.job_id
+        search = threading.Thread(target=run_trials, daemon=True, args=(
+            cluster.client.load_balanced_view(), store, ids,
+            smoke().replace(n_train=1024, n_val=256, epochs=200)),
+            kwargs={"data": tiny_data, "n_test": 256, "progress": False})
+        search.start()
+        t0 = _cancel_when(lambda: any(store.metrics(t) for t in ids), job)
+        search.join(60)
+        assert not search.is_alive(), "the search still waits for a job that is gone"
+        print(f"search ended {time.monotonic() - t0:.1f} s after the scancel")
+        assert time.monotonic() - t0 < 30
+        assert cluster.ended == f"SLURM job {job} ended CANCELLED"
+        statuses = [store.status(t) for t in ids]
+        assert [st["status"] for st in statuses] == ["failed"] * 3
+        assert any(f"SLURM job {job} ended CANCELLED" in st["reason"] for st in statuses)
+
+
+def test_a_job_cancelled_from_outside_stops_pbt_in_seconds_naming_it(slurm, tiny_data, tmp_path):
+    from lhccnn.cluster import AllocationEnded
+    from lhccnn.pbt import PBT, PBTConfig
+
+    with Cluster.start(ClusterSpec(nodes=2, engines=2, wait=60)) as cluster:
+        job, client = cluster.job_id, cluster.dask()
+        pbt = PBT(tmp_path / "run", smoke().replace(n_train=1024, n_val=256),
+                  config=PBTConfig(population=3, generations=2, epochs_per_generation=200),
+                  data=str(tiny_data))
+        pbt.start(client)
+        t0 = _cancel_when(lambda: any(pbt.store.metrics(t) for t in pbt.store.trial_ids()), job)
+        with pytest.raises(AllocationEnded, match=f"SLURM job {job} ended CANCELLED: generation 0"):
+            pbt.wait(timeout=60)
+        print(f"PBT ended {time.monotonic() - t0:.1f} s after the scancel")
+        assert time.monotonic() - t0 < 30
