@@ -315,6 +315,7 @@ def run_trials(view, store: Store, trial_ids, base: TrainConfig, data=None, retr
                     futures.update(submit([t]))
             no_engines_since = (None if view.client.ids else no_engines_since or time.monotonic())
             reason = allocation_ended(view.client)
+            gone = bool(reason)  # every attempt on those engines is dead, whatever its lease says
             if reason:
                 reason += ": its engines are gone"
             elif no_engines_since is not None and time.monotonic() - no_engines_since > no_engines_grace:
@@ -322,11 +323,8 @@ def run_trials(view, store: Store, trial_ids, base: TrainConfig, data=None, retr
             elif deadline is not None and time.monotonic() > deadline:
                 reason = f"the search's timeout of {timeout:.0f} s passed"
             if reason:
-                for t in futures.values():  # a task that still runs later finds it failed
-                    store.fail(t, reason)
-                    bar.update()
-                for t in watched:
-                    store.fail(t, reason)
+                for t in [*futures.values(), *watched]:  # a late task finds its trial failed
+                    store.fail(t, reason, attempt_dead=gone)
                     bar.update()
                 log.error("random search ended early: %s", reason)
                 break

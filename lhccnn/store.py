@@ -324,12 +324,13 @@ class Store:
             (self.trial_dir(trial_id) / "stop").unlink(missing_ok=True)
             return self._transition(trial_id, st, "queued", token=None, reason=None)
 
-    def fail(self, trial_id: str, reason: str) -> dict:
+    def fail(self, trial_id: str, reason: str, attempt_dead: bool = False) -> dict:
         """Mark a trial that is not running as failed (e.g. its task could not be run at all);
-        a trial that has ended or runs live is left as it is."""
+        a trial that has ended, or runs live, is left as it is, unless the caller knows its
+        attempt is dead (`attempt_dead`: its allocation ended, on whatever host it ran)."""
         with self._lock(trial_id):
             st = self.status(trial_id)
-            if st.get("status") in ENDED or self.attempt_alive(trial_id, st):
+            if st.get("status") in ENDED or (not attempt_dead and self.attempt_alive(trial_id, st)):
                 return st
             return self._transition(trial_id, st, "failed", reason=reason[:500], token=None)
 

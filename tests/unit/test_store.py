@@ -105,3 +105,12 @@ def test_signature_changes_with_any_trial_update_only(tmp_path):
     assert after_metrics != before
     attempt.finish("completed")
     assert store.signature() != after_metrics
+
+
+def test_fail_leaves_a_live_attempt_alone_unless_its_allocation_is_known_to_be_gone(tmp_path):
+    store = Store(tmp_path)
+    t = store.create_trial({})
+    store.begin_attempt(t)  # live: this process, a fresh heartbeat
+    assert store.fail(t, "retries spent")["status"] == "running"
+    st = store.fail(t, "SLURM job 7 ended CANCELLED", attempt_dead=True)
+    assert st["status"] == "failed" and st["reason"] == "SLURM job 7 ended CANCELLED"
