@@ -13,7 +13,7 @@ import numpy as np
 
 from .cluster import allocation_ended
 from .config import MAX_CONV_BLOCKS, OPTIMIZERS, ModelConfig, TrainConfig, data_dir
-from .runner import _end, callback, run_attempt
+from .runner import callback, end_attempt, run_attempt
 from .store import ENDED, CheckpointError, DriverLock, Store
 
 log = logging.getLogger(__name__)
@@ -205,14 +205,14 @@ def _train_trial(attempt, base: TrainConfig, data, n_test) -> dict:
     end = {"seconds": (st.get("seconds") or 0) + time.perf_counter() - t0}
     task_started = st.get("task_started") or time.time()
     if cb.nan:
-        return _end(attempt, "diverged", task_started, reason="loss became NaN", **end)
+        return end_attempt(attempt, "diverged", task_started, reason="loss became NaN", **end)
     if cb.stopped:
-        return _end(attempt, "stopped", task_started, reason="stopped by request", **end)
+        return end_attempt(attempt, "stopped", task_started, reason="stopped by request", **end)
     end["test"] = train.evaluate(model, data / "test.h5", n=n_test)
     if train.collapsed(end["test"]["accuracy"], end["test"]["majority_rate"]):
-        return _end(attempt, "diverged", task_started, reason="predicts the majority class only",
-                    **end)
-    return _end(attempt, "completed", task_started, **end)
+        return end_attempt(attempt, "diverged", task_started,
+                           reason="predicts the majority class only", **end)
+    return end_attempt(attempt, "completed", task_started, **end)
 
 
 def load_trial_model(store: Store, trial_id: str, base: TrainConfig):

@@ -81,18 +81,19 @@ def run_attempt(store_root, trial_id: str, body) -> dict:
         except KeyboardInterrupt:
             if not store.stop_requested(trial_id):
                 raise
-            return _end(attempt, "stopped", task_started, reason="interrupted (hard stop)")
+            return end_attempt(attempt, "stopped", task_started, reason="interrupted (hard stop)")
         except Exception as e:  # the trial's own failure: final, with its reason
             log.exception("%s failed", trial_id)
             reason = f"{type(e).__name__}: {e}"[:500]
             try:
-                return _end(attempt, "failed", task_started, reason=reason,
+                return end_attempt(attempt, "failed", task_started, reason=reason,
                             traceback=traceback.format_exc()[-2000:])
             except StaleAttempt:
                 return {**store.status(trial_id), "ran": False}
 
 
-def _end(attempt: Attempt, status: str, task_started: float, **fields) -> dict:
+def end_attempt(attempt: Attempt, status: str, task_started: float, **fields) -> dict:
+    """End an attempt with its finish time and the task's seconds since `task_started`."""
     now = time.time()
     return attempt.finish(status, finished=now, task_seconds=now - task_started, **fields)
 

@@ -290,9 +290,8 @@ class Store:
             if st.get("status") in ENDED:
                 return st
             atomic_write(self.trial_dir(trial_id) / "stop", reason)
-            if st.get("status") == "queued":
-                return self._transition(trial_id, st, "stopped", reason=reason, token=None)
-            if not self.attempt_alive(trial_id, st):  # nobody left to see the request
+            # queued, or its attempt is dead: nobody will see the request, so stop it here
+            if st.get("status") == "queued" or not self.attempt_alive(trial_id, st):
                 return self._transition(trial_id, st, "stopped", reason=reason, token=None)
             return st
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .config import LR_SCALING, OPTIMIZERS, ModelConfig, TrainConfig, data_dir, smoke
+from .files import atomic_write
 
 log = logging.getLogger("lhccnn.train")  # not __main__ under python -m
 
@@ -38,9 +39,7 @@ def configure_threads(intra: int, inter: int) -> None:
 
 def atomic_json(path: Path, obj) -> None:
     """Write JSON through a temp file and rename, so a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1, default=float))
 
 
 def weights_digest(model) -> str:
