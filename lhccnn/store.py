@@ -4,6 +4,9 @@ Plain files, no database: many engines write different trials at once, and a par
 filesystem (Lustre) handles whole-file renames well but SQLite's locking badly. A trial's
 folder holds config.json, status.json, metrics.jsonl (a line per epoch), attempts.jsonl (a line
 per attempt's start and end), its checkpoint (weights + optimizer state) and a heartbeat.
+The study's change log (changes.log, a trial id per line, appended on every change a table would
+show) lets a reader re-read only the trials that changed: on a parallel filesystem every file
+operation is a request to one metadata server, so a poll must not touch every trial.
 
 Only the store changes a trial's state, and only along these arrows:
 
@@ -110,6 +113,8 @@ class Store:
     def __init__(self, root):
         self.root = Path(root)
         (self.root / "trials").mkdir(parents=True, exist_ok=True)
+        self.change_log = self.root / "changes.log"
+        self._next_number = None  # where this process looks for the next free trial-NNNN
 
     def trial_dir(self, trial_id: str) -> Path:
         return self.root / "trials" / check_trial_id(trial_id)
@@ -125,17 +130,22 @@ class Store:
                 return trial_id
             self.trial_dir(trial_id).mkdir(exist_ok=True)
         else:
-            n = len(self.trial_ids()) + 1
+            if self._next_number is None:  # list the study once, not for every new trial
+                numbers = [int(m.group(1)) for p in os.scandir(self.root / "trials")
+                           if (m := re.fullmatch(r"trial-(\d+)", p.name))]
+                self._next_number = max(numbers, default=0) + 1
             while True:
-                trial_id = f"trial-{n:04d}"
+                trial_id = f"trial-{self._next_number:04d}"
+                self._next_number += 1
                 try:
                     self.trial_dir(trial_id).mkdir()  # atomic: two creators never share an id
                     break
                 except FileExistsError:
-                    n += 1
+                    pass
         d = self.trial_dir(trial_id)
         write_json(d / "status.json", {"status": "queued", "updated": time.time(), "attempt": 0})
         write_json(d / "config.json", config)  # last: a trial exists once its config does
+        self._changed(trial_id)
         return trial_id
 
     def update_config(self, trial_id: str, changes: dict) -> dict:
@@ -147,11 +157,49 @@ class Store:
             config = {**config, **changes,
                       "history": config.get("history", []) + [{"time": time.time(), "was": old}]}
             write_json(self.trial_dir(trial_id) / "config.json", config)
+            self._changed(trial_id)
         return config
 
     def trial_ids(self) -> list[str]:
-        return sorted(p.name for p in (self.root / "trials").iterdir()
-                      if p.is_dir() and (p / "config.json").exists())
+        return sorted(p.name for p in os.scandir(self.root / "trials")
+                      if p.is_dir() and (Path(p.path) / "config.json").exists())
+
+    # ------------------------------------------------------------------ the change log
+    def _changed(self, trial_id: str) -> None:
+        """Note in the study's change log that a trial changed. One small O_APPEND write: a
+        line is never interleaved with another writer's, and it needs no fsync, since the log
+        only tells readers where to look (a reader that finds it damaged re-reads everything)."""
+        fd = os.open(self.change_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{trial_id}\n".encode())
+        finally:
+            os.close(fd)
+
+    def log_size(self) -> int:
+        try:
+            return self.change_log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def changes_since(self, offset: int) -> tuple[int, set[str] | None]:
+        """(the log's new offset, the trials changed since byte `offset` of the change log);
+        None instead of the set when the log cannot tell (it shrank, or holds a damaged
+        line): the caller then re-reads the whole study."""
+        try:
+            with open(self.change_log, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                end = f.tell()
+                if end < offset:
+                    return end, None
+                f.seek(offset)
+                chunk = f.read(end - offset)
+        except FileNotFoundError:
+            return 0, (None if offset else set())
+        complete = chunk.rfind(b"\n") + 1  # a line still being written is read next time
+        ids = chunk[:complete].decode(errors="replace").split()
+        if not all(TRIAL_ID.fullmatch(t) for t in ids):
+            return offset + complete, None
+        return offset + complete, set(ids)
 
     # ------------------------------------------------------------------ reading
     def config(self, trial_id: str) -> dict:
@@ -192,19 +240,6 @@ class Store:
         row.update(self.config(trial_id) or {})
         return row
 
-    def signature(self) -> tuple:
-        """Cheap to compute, and it changes whenever any trial's status or metrics change:
-        a poller re-reads the study only then."""
-        sig = []
-        for d in sorted((self.root / "trials").iterdir()):
-            for name in ("config.json", "status.json", "metrics.jsonl"):
-                try:
-                    st = (d / name).stat()
-                    sig.append((d.name, name, st.st_mtime_ns, st.st_size))
-                except FileNotFoundError:
-                    pass
-        return tuple(sig)
-
     def dataframe(self):
         """All trials as a pandas DataFrame, one row each (see `summary`)."""
         import pandas as pd
@@ -238,6 +273,7 @@ class Store:
     def _write_status(self, trial_id: str, st: dict) -> dict:
         st = {**st, "updated": time.time()}
         write_json(self.trial_dir(trial_id) / "status.json", st)
+        self._changed(trial_id)
         return st
 
     def _transition(self, trial_id: str, st: dict, to: str, **fields) -> dict:
@@ -382,6 +418,70 @@ class Store:
         return rec
 
 
+class StudyTable:
+    """The study's table (one `Store.summary` row per trial), kept current by polling: each poll
+    reads the change log's new lines and re-reads only the trials they name, so its file
+    operations grow with the trials that changed, not with the study.
+
+    Opening starts from the last table any reader saved (table.json, with the log offset it is
+    valid for) and re-reads only the trials changed since. The whole study is re-read when
+    there is no such table, when the log cannot tell (see `Store.changes_since`) or names a
+    trial that is not there, and now and then (every `rescan` seconds, and at most ~2 % of the
+    time): a filesystem without atomic appends (NFS) can lose a line of the log."""
+
+    SNAPSHOT = "table.json"
+
+    def __init__(self, store: Store, rescan: float = 60.0):
+        self.store, self.rescan = store, rescan
+        self.rows: dict[str, dict] = {}
+        snap = read_json(store.root / self.SNAPSHOT) or {}
+        if isinstance(snap.get("offset"), int) and snap["offset"] <= store.log_size():
+            self.rows, self.offset = snap["rows"], snap["offset"]
+            self._loaded, self._reload_s = time.monotonic(), 0.0
+            self.poll(save=True)
+        else:
+            self.reload()
+
+    def reload(self) -> None:
+        t = time.monotonic()
+        self.offset = self.store.log_size()  # first: a change made while reading is seen next poll
+        self.rows = {tid: self.store.summary(tid) for tid in self.store.trial_ids()}
+        self._loaded, self._reload_s = time.monotonic(), time.monotonic() - t
+        self.save()
+
+    def save(self) -> None:
+        """Save the table for the next reader to open from."""
+        try:
+            write_json(self.store.root / self.SNAPSHOT, {"offset": self.offset, "rows": self.rows})
+        except OSError as e:  # a read-only study is still readable
+            log.debug("table not saved: %s", e)
+
+    def poll(self, save: bool = False) -> set[str] | None:
+        """The ids of the trials whose rows changed (new ones included) since the last poll,
+        their rows re-read; None when the whole table was re-read."""
+        if time.monotonic() - self._loaded > max(self.rescan, 50 * self._reload_s):
+            self.reload()
+            return None
+        self.offset, changed = self.store.changes_since(self.offset)
+        if changed is None:
+            self.reload()
+            return None
+        for t in changed:
+            if not (self.store.trial_dir(t) / "config.json").exists():
+                self.reload()  # a damaged line that still looks like an id
+                return None
+            self.rows[t] = self.store.summary(t)
+        if save and changed:
+            self.save()
+        return changed
+
+    def dataframe(self):
+        import pandas as pd
+
+        rows = [self.rows[t] for t in sorted(self.rows)]
+        return pd.DataFrame(rows).set_index("trial") if rows else pd.DataFrame()
+
+
 class Attempt:
     """One attempt at a trial, the only writer of it while its token is current. Use it as a
     context manager: it renews the heartbeat in a background thread until it ends."""
@@ -439,6 +539,7 @@ class Attempt:
         with self.store._lock(self.trial_id):
             self._check()
             append_line(self.dir / "metrics.jsonl", {**row, "attempt": self.number})
+            self.store._changed(self.trial_id)
 
     def save_checkpoint(self, model, epoch: int, optimizer: str | None = None,
                         metrics: dict | None = None) -> dict:
@@ -468,6 +569,7 @@ class Attempt:
                 self.store._write_status(self.trial_id, {**st, "checkpoint": rec})
                 if metrics is not None:
                     append_line(self.dir / "metrics.jsonl", {**metrics, "attempt": self.number})
+                    self.store._changed(self.trial_id)  # after the row: a reader must see it
             return rec
         finally:
             tmp_w.unlink(missing_ok=True)

@@ -1,10 +1,11 @@
 """The trial store: ids, the state machine and its attempts, metrics with resume, stop, DataFrame."""
 
+import os
 import threading
 
 import pytest
 
-from lhccnn.store import StaleAttempt, Store, TransitionError
+from lhccnn.store import StaleAttempt, Store, StudyTable, TransitionError
 
 
 def test_trials_get_unique_ids_even_from_concurrent_creators(tmp_path):
@@ -94,17 +95,97 @@ def test_dataframe_reads_back_a_study_from_disk(tmp_path):
     assert df.loc[b, "status"] == "queued" and df.loc[b, "lr"] == 0.01
 
 
-def test_signature_changes_with_any_trial_update_only(tmp_path):
+def test_creating_trials_lists_the_study_once_not_once_per_trial(tmp_path, monkeypatch):
     store = Store(tmp_path)
-    t = store.create_trial({"lr": 0.1})
-    attempt = store.begin_attempt(t)
-    before = store.signature()
-    assert store.signature() == before
-    attempt.append_metrics({"epoch": 1, "loss": 0.5})
-    after_metrics = store.signature()
-    assert after_metrics != before
+    store.create_trial({}, trial_id="trial-0007")  # a gap: the next id comes after it
+    listings = []
+    for name in ("scandir", "listdir"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda *a, _real=real, **k: listings.append(a) or _real(*a, **k))
+    ids = [store.create_trial({"lr": 0.1}) for _ in range(30)]
+    assert ids == [f"trial-{n:04d}" for n in range(8, 38)]
+    assert len(listings) <= 1  # was one listing per new trial: quadratic in the study's size
+    monkeypatch.undo()
+    assert Store(tmp_path).create_trial({}) == "trial-0038"  # another process: after the last
+
+
+def test_a_table_poll_rereads_exactly_the_trials_that_changed(tmp_path, monkeypatch):
+    store = Store(tmp_path)
+    ids = [store.create_trial({"lr": 10.0 ** -k}) for k in range(1, 6)]
+    attempt = store.begin_attempt(ids[1])
+    table = StudyTable(Store(tmp_path))
+    assert sorted(table.rows) == ids and table.poll() == set()
+    read = []
+    real = Store.summary
+    monkeypatch.setattr(Store, "summary", lambda self, t: read.append(t) or real(self, t))
+    attempt.append_metrics({"epoch": 1, "loss": 0.5, "val_loss": 0.4, "val_accuracy": 0.8})
+    store.request_stop(ids[3])
+    new = store.create_trial({"lr": 0.5})
+    assert table.poll() == {ids[1], ids[3], new} and sorted(read) == sorted({ids[1], ids[3], new})
+    assert table.rows[ids[1]]["epoch"] == 1 and table.rows[ids[3]]["status"] == "stopped"
+    assert table.rows[new]["lr"] == 0.5
     attempt.finish("completed")
-    assert store.signature() != after_metrics
+    assert table.poll() == {ids[1]} and table.rows[ids[1]]["status"] == "completed"
+
+
+def test_a_reader_polling_between_a_checkpoints_status_and_its_row_still_gets_the_row(tmp_path,
+                                                                                     monkeypatch):
+    from lhccnn import store as store_module
+
+    store = Store(tmp_path)
+    t = store.create_trial({})
+    attempt = store.begin_attempt(t)
+    table = StudyTable(store)
+    real = store_module.append_line
+
+    def poll_first(path, obj):  # the reader's poll lands just before the metric row is written
+        if path.name == "metrics.jsonl":
+            table.poll()
+        real(path, obj)
+
+    monkeypatch.setattr(store_module, "append_line", poll_first)
+
+    class Weights:  # what save_checkpoint needs of a model
+        optimizer = None
+
+        def save_weights(self, path):
+            open(path, "wb").write(b"w")
+
+    attempt.save_checkpoint(Weights(), 1, metrics={"epoch": 1, "val_loss": 0.3})
+    table.poll()
+    assert table.rows[t]["epoch"] == 1 and table.rows[t]["val_loss"] == 0.3
+
+
+def test_a_damaged_change_log_makes_the_table_reread_everything(tmp_path):
+    store = Store(tmp_path)
+    a, b = store.create_trial({}), store.create_trial({})
+    table = StudyTable(store)
+    store.request_stop(b)
+    with open(store.change_log, "a") as f:
+        f.write("trial-00\x00 torn\n")
+    assert table.poll() is None  # could not tell: re-read all
+    assert table.rows[b]["status"] == "stopped"
+    store.request_stop(a)
+    with open(store.change_log, "a") as f:
+        f.write("trial-9999\n")  # looks like an id, names no trial
+    assert table.poll() is None and table.rows[a]["status"] == "stopped"
+    store.change_log.write_text("")  # the log was replaced: shorter than where we were
+    assert table.poll() is None
+
+
+def test_a_new_table_opens_from_the_saved_one_and_reads_only_what_changed_since(tmp_path, monkeypatch):
+    store = Store(tmp_path)
+    ids = [store.create_trial({"lr": 0.1}) for _ in range(20)]
+    StudyTable(store)  # reads all 20, saves the table
+    store.request_stop(ids[4])
+    read = []
+    real = Store.summary
+    monkeypatch.setattr(Store, "summary", lambda self, t: read.append(t) or real(self, t))
+    table = StudyTable(Store(tmp_path))
+    assert read == [ids[4]] and table.rows[ids[4]]["status"] == "stopped"
+    assert sorted(table.rows) == ids
+    monkeypatch.undo()
+    assert table.dataframe().equals(Store(tmp_path).dataframe())
 
 
 def test_fail_leaves_a_live_attempt_alone_unless_its_allocation_is_known_to_be_gone(tmp_path):
