@@ -1,16 +1,19 @@
-"""Shared fixtures: a tiny synthetic dataset, and the mini SLURM cluster with an empty-queue check."""
+"""Shared fixtures: a tiny synthetic dataset, the mini SLURM cluster with an empty-queue check,
+and benchmark records (results/<name>.json with the machine, targets and figures)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from lhccnn.config import notebooks
+from lhccnn.config import notebooks, results_dir
 
 REPO = Path(__file__).resolve().parents[1]
 MINISLURM = REPO / "recipes" / "minislurm" / "minislurm.sh"
@@ -24,6 +27,26 @@ os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
 
 TINY = {"train": 2048, "val": 512, "test": 512}
 BOOK_CHAPTERS = [p.stem for p in notebooks()]
+
+
+def _write_record(name: str, title: str, targets: dict, figures: dict) -> None:
+    """results/<name>.json with the machine, the targets and the figures; a table on stdout."""
+    out = results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    (out / f"{name}.json").write_text(json.dumps(
+        {"machine": machine, "targets": targets, "figures": figures}, indent=1, default=float))
+    width = max(map(len, figures), default=0)
+    print(f"\n{title} (results/{name}.json):")
+    for k, v in figures.items():
+        value = f"{v:10.3f}" if isinstance(v, float) else str(v)
+        print(f"  {k:<{width}}  {value}" + (f"   (target {targets[k]})" if k in targets else ""))
+
+
+@pytest.fixture(scope="session")
+def write_record():
+    return _write_record
 
 
 @pytest.fixture(scope="session")

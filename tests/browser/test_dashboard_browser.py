@@ -1,15 +1,7 @@
 """Notebook 04 in a real JupyterLab in a real Chromium: the table renders and updates, a click on
 a row plots that trial, and Stop really stops it. A screenshot is kept in results/browser/."""
 
-import json
-import os
-import secrets
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import nbformat
@@ -18,16 +10,9 @@ import pytest
 
 from lhccnn.config import results_dir
 
+from browser_lab import ARGS, CHROMIUM, jupyter_lab, run_notebook
+
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "04_widget_hpo.ipynb"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -43,48 +28,20 @@ def lab(tmp_path, tiny_data):
     nb.cells.insert(at + 1, nbformat.v4.new_code_cell(  # what papermill would inject
         "\n".join(f"{k} = {v!r}" for k, v in params.items())))
     nbformat.write(nb, tmp_path / "dashboard.ipynb")
-    port, token = _free_port(), secrets.token_hex(16)
-    # the token through the environment: a command line is visible to every user (ps)
-    env = dict(os.environ, LHCCNN_DATA_DIR=str(tiny_data), JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"),
-               JUPYTER_TOKEN=token)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--ServerApp.root_dir={tmp_path}",
-         "--ServerApp.allow_root=True", "--LabApp.news_url=''",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        env=env, stdout=open(tmp_path / "lab.log", "w"), stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
-            break
-        except OSError:
-            assert time.monotonic() < deadline and server.poll() is None, \
-                (tmp_path / "lab.log").read_text()[-3000:]
-            time.sleep(0.5)
-    assert not any(token in arg for arg in psutil.Process(server.pid).cmdline())
     started = time.time()
-    yield base, token, tmp_path
-    # a polite kernel shutdown, as from JupyterLab's menu: the kernel's exit stops its engines
-    kernels = json.load(urllib.request.urlopen(f"{base}/api/kernels?token={token}"))
-    for k in kernels:
-        req = urllib.request.Request(f"{base}/api/kernels/{k['id']}?token={token}", method="DELETE")
-        urllib.request.urlopen(req)
+    with jupyter_lab(tmp_path, LHCCNN_DATA_DIR=str(tiny_data)) as (base, token):
+        yield base, token, tmp_path
+    # the kernel's exit (a polite shutdown, as from JupyterLab's menu) stops its engines
     deadline = time.monotonic() + 30
     while _engines_since(started) and time.monotonic() < deadline:
         time.sleep(0.5)
     left = _engines_since(started)
     for proc in left:
         proc.kill()
-    server.terminate()
-    server.wait(timeout=30)
     assert not left, f"engines left running after the kernel shut down: {left}"
 
 
 def _engines_since(t0: float) -> list:
-    import psutil
-
     found = []
     for proc in psutil.process_iter(["cmdline", "create_time", "status"]):
         cmd = " ".join(proc.info["cmdline"] or [])
@@ -108,27 +65,7 @@ def test_dashboard_renders_updates_plots_and_stops_a_trial(lab):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page.goto(f"{base}/lab/tree/dashboard.ipynb?token={token}")
-            page.wait_for_selector(".jp-Notebook", timeout=60_000)
-            dialog = page.locator(".jp-Dialog")  # "Select Kernel", if JupyterLab asks
-            if dialog.count():
-                dialog.get_by_role("button", name="Select").click()
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
-                                   timeout=60_000)
-            news = page.locator(".jp-toast-button", has_text="No")  # the news toast
-            if news.count():
-                news.first.click()
-            # Run > Run All Cells; a click that lands before the kernel is connected does
-            # nothing, so look for the first execution prompt and try again if it is missing
-            for attempt in range(4):
-                page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-                page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-                try:
-                    page.locator(".jp-InputPrompt", has_text="[1]").first.wait_for(timeout=10_000)
-                    break
-                except Exception:
-                    assert attempt < 3, "Run All Cells never started the notebook"
-                    page.keyboard.press("Escape")
+            run_notebook(page, base, token, "dashboard.ipynb")
 
             # the table renders its rows, and their status cells follow the store
             rows = page.locator(".q-grid .slick-row")
