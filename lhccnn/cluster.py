@@ -382,14 +382,15 @@ class Cluster:
         return info
 
     # ------------------------------------------------------------------------------ dask
-    def dask(self, timeout: float = 60.0):
+    def dask(self, timeout: float = 60.0, warm_up: bool = True):
         """A dask.distributed Client whose workers are this cluster's engines (one thread each).
 
         The scheduler runs in this process (it ends with the kernel) and listens only where
         the engines can reach it (loopback for local engines), with mutual TLS: only a process
         holding this cluster's credentials (written 0600 in its security folder) can connect;
         its web dashboard listens on loopback only (reach it through an ssh tunnel). The engines
-        stay engines too, so %px cells and Dask tasks can share them (not at the same moment)."""
+        stay engines too, so %px cells and Dask tasks can share them (not at the same moment).
+        `warm_up`: import TensorFlow on every worker first (not for work without it)."""
         if self._dask is None:
             from distributed import Client, LocalCluster
             from ipyparallel.util import become_dask_worker
@@ -409,7 +410,8 @@ class Cluster:
             if not self.spec.local:
                 _ALLOCATIONS[self._dask] = self
             self._dask.wait_for_workers(len(self.client.ids), timeout=timeout)
-            self._dask.run(warm_up_worker)  # import TensorFlow once, before any timing
+            if warm_up:
+                self._dask.run(warm_up_worker)  # import TensorFlow once, before any timing
         return self._dask
 
     # ------------------------------------------------------------------------------ stop

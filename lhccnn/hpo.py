@@ -157,7 +157,7 @@ def trial_config(base: TrainConfig, hp: dict) -> TrainConfig:
 
 # ---------------------------------------------------------------------------- one trial
 def run_trial(store_root: str, trial_id: str, base: TrainConfig, data: str | None = None,
-              n_test: int | None = 2048) -> dict:
+              n_test: int | None = 2048, work=None) -> dict:
     """Run one attempt at a trial on this engine (see lhccnn.runner): train, write metrics,
     verified checkpoints and the status to the store; return the status record.
 
@@ -165,7 +165,11 @@ def run_trial(store_root: str, trial_id: str, base: TrainConfig, data: str | Non
     earlier attempt got part of the way; a checkpoint that does not verify restarts the trial
     from scratch with a warning naming the file. A stop request ends it "stopped"; a NaN loss,
     or a model that predicts only the majority class, "diverged"; its own errors "failed".
+
+    `work`: a lhccnn.simulate.SimulatedWork replaces the training (scale benchmarks only).
     """
+    if work is not None:
+        return run_attempt(store_root, trial_id, lambda attempt: work.train_trial(attempt, base.epochs))
     return run_attempt(store_root, trial_id,
                        lambda attempt: _train_trial(attempt, base, data, n_test))
 
@@ -269,14 +273,15 @@ def resume(view, store: Store, base: TrainConfig, data=None, retries: int = 2,
 
 def run_trials(view, store: Store, trial_ids, base: TrainConfig, data=None, retries: int = 2,
                n_test: int | None = 2048, progress: bool = True, timeout: float | None = None,
-               no_engines_grace: float = 30.0, poll: float = 0.2):
+               no_engines_grace: float = 30.0, poll: float = 0.2, work=None):
     """Submit existing trials to a load-balanced view and wait for all, with a progress bar.
 
     One driver per study: the store's lock is held while this runs (a second driver is
     refused, naming the first). No wait is unbounded: a trial whose task cannot run any more
     (retries spent, the engines' SLURM job ended, no engine left for `no_engines_grace`
-    seconds, or `timeout` passed) is marked failed with the reason; a trial that another live attempt runs is watched through
-    its heartbeat and re-submitted if that attempt dies.
+    seconds, or `timeout` passed) is marked failed with the reason; a trial that another live
+    attempt runs is watched through its heartbeat and re-submitted if that attempt dies.
+    `work`: simulated training for scale benchmarks (see `run_trial`).
     """
     from tqdm.auto import tqdm
 
@@ -285,7 +290,7 @@ def run_trials(view, store: Store, trial_ids, base: TrainConfig, data=None, retr
 
     def submit(ids):
         with view.temp_flags(retries=retries):
-            return {view.apply_async(run_trial, str(store.root), t, base, data, n_test): t
+            return {view.apply_async(run_trial, str(store.root), t, base, data, n_test, work): t
                     for t in ids}
 
     with DriverLock(store.root, holder="hpo.run_trials"), \

@@ -167,14 +167,18 @@ def member_seed(seed: int, generation: int, member: int) -> int:
 
 
 def train_member(store_root: str, trial_id: str, base: TrainConfig, data: str | None = None,
-                 epochs: int = 1, seed: int = 0) -> dict:
+                 epochs: int = 1, seed: int = 0, work=None) -> dict:
     """Train one member for `epochs` epochs from its inherited weights (on a Dask worker).
 
     One attempt as lhccnn.runner runs every trial: per-epoch metrics and verified checkpoints,
     and a status with the figure of merit (val_loss) and the time spent on each part. A retry
     of a member that already ended (its worker died after the work was done) returns the
-    recorded result.
+    recorded result. `work`: a lhccnn.simulate.SimulatedWork replaces the training (scale
+    benchmarks only).
     """
+    if work is not None:
+        return run_attempt(store_root, trial_id,
+                           lambda attempt: work.train_member(attempt, epochs, load_inherited))
     return run_attempt(store_root, trial_id,
                        lambda attempt: _train_member(attempt, base, data, epochs, seed))
 
@@ -263,10 +267,11 @@ def warm_up_worker() -> str:
 # ---------------------------------------------------------------------------- the loop
 class PBT:
     """A PBT run kept in `root`. New: give base, space and config. Existing: `PBT(root)` reads
-    them back and `run()` resumes at the first unfinished generation."""
+    them back and `run()` resumes at the first unfinished generation. `work`: simulated
+    training (lhccnn.simulate, scale benchmarks only), recorded in pbt.json."""
 
     def __init__(self, root, base: TrainConfig | None = None, space: dict | None = None,
-                 config: PBTConfig | None = None, data=None):
+                 config: PBTConfig | None = None, data=None, work=None):
         self.root = Path(root)
         self.store = Store(self.root)
         self.steering = Steering(self.root)
@@ -276,7 +281,8 @@ class PBT:
             space = validate_space(space or default_space())
             meta = {"base": (base or TrainConfig()).to_dict(), "space": space_to_dict(space),
                     "config": dataclasses.asdict(config or PBTConfig()),
-                    "data": str(data) if data else None, "created": time.time()}
+                    "data": str(data) if data else None, "created": time.time(),
+                    "work": work.to_dict() if work is not None else None}
             write_json(meta_path, meta)
             self.steering.set(**{k: meta["config"][k] for k in
                                  ("mutation_rate", "crossover_rate", "population")},
@@ -292,6 +298,7 @@ class PBT:
         self.space = space_from_dict(meta["space"])
         self.config = PBTConfig(**meta["config"])
         self.data = meta["data"]
+        self.work = _work_from_dict(meta.get("work"))
         self._thread = None
         self._error = None
 
@@ -474,7 +481,7 @@ class PBT:
         def submit(t):
             f = client.submit(train_member, str(self.root), t, self.base, self.data,
                               self.config.epochs_per_generation, self.config.seed,
-                              pure=False, retries=1)
+                              self.work, pure=False, retries=1)
             futures[f] = t
             return f
 
@@ -538,6 +545,15 @@ class PBT:
         return {"wall_s": wall, "work_s": busiest, "overhead_s": wall - busiest,
                 "overhead_fraction": (wall - busiest) / wall if wall > 0 else None,
                 "checkpoint_s": ckpt, "setup_s": setup, "workers": workers}
+
+
+def _work_from_dict(d: dict | None):
+    """A run's simulated work as pbt.json records it (scale benchmarks only), or None."""
+    if d is None:
+        return None
+    from .simulate import SimulatedWork
+
+    return SimulatedWork(**{**d, "epoch_seconds": tuple(d["epoch_seconds"])})
 
 
 def _fitness_or_none(losses):

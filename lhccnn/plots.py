@@ -189,3 +189,41 @@ def pbt_schedule(lineage, chain, keys=("lr", "dropout"), axes=None):
                xticks=sorted(set(lineage["generation"])))
         ax.legend(fontsize=8)
     return axes
+
+
+def control_plane_at_scale(record: dict, axes=None):
+    """bench_scale.json as four panels: the store and dashboard against study size, the
+    scheduler's cost per task against engines, a random search's makespan against its bound,
+    and PBT's overhead per generation (the last two made with simulated work)."""
+    if axes is None:
+        _, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    ax = axes[0]
+    study = record.get("study") or []
+    n = [r["trials"] for r in study]
+    for key, label in (("open_cold_s", "open (read every trial)"), ("open_s", "open (saved table)"),
+                       ("full_reread_s", "poll, re-reading all"), ("poll_s", "poll, 1 % changed")):
+        ax.plot(n, [r[key] for r in study], marker="o", label=label)
+    ax.set(xscale="log", yscale="log", xlabel="trials in the study", ylabel="seconds",
+           title="store and dashboard")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    sched = record.get("scheduler") or []
+    ax.plot([r["engines"] for r in sched], [r["overhead_per_task_ms"] for r in sched], marker="o")
+    ax.set(xlabel="engines", ylabel="overhead per task [ms]", title="IPyParallel scheduler")
+    ax = axes[2]
+    m = record.get("makespan")
+    if m:
+        names = ["lower bound", "measured", "greedy\n(same times)", "round-robin\n(same times)"]
+        bars = ax.bar(names, [m["lower_bound"], m["measured"], m["greedy"], m["round_robin"]])
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax.set(ylabel="makespan [s]", title=f"{m['trials']} trials on {m['engines']} engines "
+               f"({record.get('work', '')})")
+        ax.tick_params(axis="x", labelsize=7)
+    ax = axes[3]
+    pbt = record.get("pbt")
+    if pbt:
+        ax.plot(range(len(pbt["overhead_fraction"])), [100 * f for f in pbt["overhead_fraction"]],
+                marker="o")
+        ax.set(xlabel="generation", ylabel="overhead [% of the generation]",
+               title=f"PBT, population {pbt['population']} on {pbt['workers']} workers")
+    return axes

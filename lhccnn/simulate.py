@@ -1,0 +1,211 @@
+"""Simulated work, for scale benchmarks only: training sleeps instead of computing; all else is real.
+
+A scale benchmark asks whether the control plane (IPyParallel, Dask, the trial store, the
+dashboard, the PBT loop) holds at sizes this machine cannot train at. `SimulatedWork` replaces
+only the training step of a trial or a PBT member: each epoch sleeps for a time drawn from
+recorded trial times (notebook 03's, measured here; see `recorded`), then writes the epoch's
+metric row and a checkpoint of the real model's size through the real store, as training does.
+The metrics come from a made-up response surface, so selection has something to select. Every
+result made with it carries the label "simulated work".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+from .runner import end_attempt
+from .store import CheckpointError
+
+LABEL = "simulated work"
+PARAMETERS = 137_089  # the CNN's: its checkpoint holds these as float32
+OPTIMIZER_COST = {"Adam": 0.0, "Nadam": 0.05, "RMSprop": 0.15, "SGD": 0.6}
+
+
+def recorded() -> dict:
+    """Notebook 03's measured trial times on this machine (seconds per epoch, one per trial),
+    with where and how they were measured."""
+    return json.loads(resources.files("lhccnn").joinpath("recorded_trial_times.json").read_text())
+
+
+@dataclass(frozen=True)
+class SimulatedWork:
+    """Sleep `scale` x a recorded trial's seconds per epoch, every epoch; write what training
+    writes. `checkpoint_bytes`: the weights file's size (the CNN's float32 parameters)."""
+
+    epoch_seconds: tuple = ()  # recorded seconds per epoch to draw from; empty: recorded()'s
+    scale: float = 1.0
+    checkpoint_bytes: int = 4 * PARAMETERS
+    seed: int = 0
+    label: str = LABEL
+
+    def __post_init__(self):
+        if not self.epoch_seconds:
+            object.__setattr__(self, "epoch_seconds", tuple(recorded()["seconds_per_epoch"]))
+        if self.scale <= 0 or min(self.epoch_seconds) <= 0:
+            raise ValueError(f"scale and epoch_seconds must be > 0, got {self.scale} and "
+                             f"min {min(self.epoch_seconds)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def _rng(self, *key) -> np.random.Generator:
+        digest = hashlib.sha256(repr((self.seed, *key)).encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+    def epoch_time(self, trial_id: str) -> float:
+        """This trial's seconds per epoch: one recorded trial's, drawn by the trial's id."""
+        return self.scale * float(self._rng(trial_id).choice(self.epoch_seconds))
+
+    def train(self, attempt, hp: dict, epochs: int, epoch_offset: int = 0,
+              progress: float = 0.0) -> dict:
+        """Train for `epochs` simulated epochs from `progress` (the response surface's state,
+        kept in the checkpoint), checking for a stop request as training does after a batch.
+        Returns the last metric row, with "stopped" and the seconds spent saving."""
+        rate = _learning_rate(hp)
+        spent = self.epoch_time(attempt.trial_id)
+        model, row, save_s = _Weights(self.checkpoint_bytes, progress), {}, 0.0
+        for e in range(1, epochs + 1):
+            end = time.monotonic() + spent
+            while (left := end - time.monotonic()) > 0:
+                if attempt.stop_requested():
+                    return {**row, "stopped": True, "save_s": save_s}
+                time.sleep(min(left, 0.1))
+            model.progress += rate
+            n = epoch_offset + e
+            noise = self._rng(attempt.trial_id, n).normal(0, 0.005)
+            val_loss = 0.25 + 0.45 * math.exp(-model.progress / 3) + noise
+            row = {"epoch": n, "time": time.time(), "loss": val_loss - 0.02,
+                   "val_loss": val_loss, "val_accuracy": 1.0 - 0.8 * val_loss, "simulated": True}
+            t = time.perf_counter()
+            attempt.save_checkpoint(model, n, optimizer=hp.get("optimizer"), metrics=row)
+            save_s += time.perf_counter() - t
+        return {**row, "stopped": False, "save_s": save_s, "progress": model.progress}
+
+    def train_trial(self, attempt, epochs: int) -> dict:
+        """An HPO trial of `epochs` epochs (hpo.run_trial's body): resumes from its verified
+        checkpoint, or from scratch if that does not verify."""
+        store, trial_id = attempt.store, attempt.trial_id
+        st = store.status(trial_id)
+        model, start = _Weights(self.checkpoint_bytes), 0
+        if (st.get("checkpoint") or {}).get("epoch"):
+            try:
+                start = store.load_checkpoint(model, trial_id)["epoch"]
+            except (CheckpointError, OSError, ValueError):
+                model.progress = 0.0
+        t0 = time.perf_counter()
+        out = self.train(attempt, store.config(trial_id), epochs - start, epoch_offset=start,
+                         progress=model.progress)
+        end = {"seconds": (st.get("seconds") or 0) + time.perf_counter() - t0, "simulated": True}
+        task_started = st.get("task_started") or time.time()
+        if out["stopped"]:
+            return end_attempt(attempt, "stopped", task_started, reason="stopped by request", **end)
+        return end_attempt(attempt, "completed", task_started, **end)
+
+    def train_member(self, attempt, epochs: int, load_inherited) -> dict:
+        """A PBT member (pbt.train_member's body): inherits its parent's verified checkpoint
+        (falling back up the lineage), trains `epochs`, returns the fields pbt records."""
+        store, trial_id = attempt.store, attempt.trial_id
+        cfg = store.config(trial_id)
+        task_started = store.status(trial_id).get("task_started") or time.time()
+        model = _Weights(self.checkpoint_bytes)
+        t = time.perf_counter()
+        loaded_from, warned, kept = load_inherited(model, store, cfg.get("inherit"),
+                                                   cfg.get("optimizer"))
+        load_s = time.perf_counter() - t
+        t = time.perf_counter()
+        out = self.train(attempt, cfg, epochs, epoch_offset=cfg["generation"] * epochs,
+                         progress=model.progress if loaded_from else 0.0)
+        train_s = time.perf_counter() - t - out["save_s"]
+        now = time.time()
+        return attempt.finish(
+            "stopped" if out["stopped"] else "completed", val_loss=out.get("val_loss", math.nan),
+            val_accuracy=out.get("val_accuracy"), optimizer_kept=kept, loaded_from=loaded_from,
+            warnings=warned, setup_s=0.0, load_s=load_s, train_s=train_s, save_s=out["save_s"],
+            finished=now, task_seconds=now - task_started, simulated=True)
+
+
+def _learning_rate(hp: dict) -> float:
+    """Progress per epoch, in (0, 1]: best near lr 2e-3, dropout 0.3, Adam (a made-up surface)."""
+    lr, dropout = float(hp.get("lr", 1e-3)), float(hp.get("dropout", 0.3))
+    q = (math.log10(lr) + 2.7) ** 2 + ((dropout - 0.3) / 0.4) ** 2
+    return math.exp(-q - OPTIMIZER_COST.get(hp.get("optimizer"), 0.3))
+
+
+class _Weights:
+    """Stands in for a Keras model where the store saves and loads one: a weights file of the
+    real size, whose first 8 bytes hold the response surface's progress, and an optimizer state
+    of twice that (Adam's two moments)."""
+
+    def __init__(self, nbytes: int, progress: float = 0.0):
+        self.nbytes, self.progress = nbytes, progress
+        self.optimizer = _Optimizer(nbytes // 2)  # two float32 moments: nbytes // 4 * 2 values
+        self.trainable_variables = []
+
+    def save_weights(self, path) -> None:
+        with open(path, "wb") as f:
+            f.write(np.float64(self.progress).tobytes())
+            f.write(os.urandom(max(0, self.nbytes - 8)))
+
+    def load_weights(self, path) -> None:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8 or len(f.read()) != self.nbytes - 8:
+                raise ValueError(f"{path}: not a simulated checkpoint of {self.nbytes} bytes")
+        self.progress = float(np.frombuffer(head, dtype=np.float64)[0])
+
+
+class _Optimizer:
+    def __init__(self, n: int):
+        self.state = [np.zeros(n, dtype=np.float32)]
+
+    def get_weights(self):
+        return self.state
+
+    def set_weights(self, state):
+        self.state = state
+
+    def _create_all_weights(self, variables):
+        pass
+
+
+def record(study, out, source: str) -> dict:
+    """Write `out` (the JSON `recorded` reads) from a finished study: each completed trial's
+    training seconds per epoch, with `source` saying which run on which machine."""
+    from .store import Store
+
+    store = Store(study)
+    per_epoch = []
+    for t in store.trial_ids():
+        st, ms = store.status(t), store.metrics(t)
+        if st.get("status") == "completed" and ms and st.get("seconds"):
+            per_epoch.append(round(st["seconds"] / len(ms), 3))
+    if not per_epoch:
+        raise ValueError(f"{study}: no completed trial with its seconds to record")
+    rec = {"seconds_per_epoch": per_epoch, "trials": len(per_epoch), "source": source,
+           "cpus": os.cpu_count(), "recorded": time.strftime("%Y-%m-%d")}
+    with open(out, "w") as f:
+        json.dump(rec, f, indent=1)
+        f.write("\n")
+    return rec
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description="Record a finished study's seconds per epoch for "
+                                "simulated work (scale benchmarks).")
+    p.add_argument("study", help="the study folder (e.g. results/03_random_search/study)")
+    p.add_argument("--out", default=str(resources.files("lhccnn") / "recorded_trial_times.json"))
+    p.add_argument("--source", required=True, help="which run, on which machine")
+    a = p.parse_args()
+    r = record(a.study, a.out, a.source)
+    print(f"{a.out}: {r['trials']} trials, median {np.median(r['seconds_per_epoch']):.2f} s/epoch")

@@ -1,0 +1,35 @@
+"""The scale harness and the cost model: what the benchmarks compute, checked on small inputs."""
+
+import math
+import shutil
+
+import pytest
+
+from lhccnn import scale
+from lhccnn.store import Store
+
+
+def test_the_cost_model_adds_up_the_parts():
+    m = scale.predict_hpo(trials=336, epochs=16, engines=112, epoch_s=78.6, task_s=0.0,
+                          save_s=0.0, store_s=0.0)
+    assert m["waves"] == 3 and m["makespan_s"] == pytest.approx(3 * 16 * 78.6)
+    assert m["overhead_fraction"] == pytest.approx(0.0)
+    m = scale.predict_hpo(trials=10, epochs=2, engines=4, epoch_s=9.0, task_s=1.0, save_s=0.5,
+                          store_s=0.5)
+    assert m["trial_s"] == 21.0 and m["waves"] == 3 and m["overhead_fraction"] == pytest.approx(3 / 21)
+    p = scale.predict_pbt(population=100, workers=101, step_s=78.6, load_s=0.12, save_s=0.76,
+                          task_s=0.0, breed_s=0.0)
+    assert p["waves"] == 1 and p["generation_s"] == pytest.approx(79.48)
+    assert p["overhead_fraction"] == pytest.approx(0.88 / 79.48)
+
+
+def test_measuring_a_small_study_sees_every_change_and_reads_only_those(tmp_path):
+    r = scale.measure_study(tmp_path / "study", 50, changed=0.1)
+    assert r["trials"] == 50 and r["changed"] == 5
+    assert r["table_shows_changes"] and r["poll_trials_read"] == 5
+    assert all(r[k] > 0 for k in ("fill_s", "open_cold_s", "open_s", "poll_s", "dashboard_mib"))
+    if shutil.which("strace"):
+        assert 5 <= r["file_calls_per_poll"] < 50 * 5  # a handful per changed trial
+    store = Store(tmp_path / "study")
+    assert sum(store.status(t)["status"] == "running" for t in store.trial_ids()) == 0
+    assert math.isfinite(r["full_reread_s"])

@@ -1,0 +1,68 @@
+"""Simulated work (scale benchmarks only): it writes what training writes, through the real
+store and runner, stops when asked, resumes and inherits through verified checkpoints."""
+
+import threading
+
+import pytest
+
+from lhccnn.hpo import run_trial
+from lhccnn.config import TrainConfig
+from lhccnn.pbt import load_inherited
+from lhccnn.runner import run_attempt
+from lhccnn.simulate import LABEL, SimulatedWork, recorded
+from lhccnn.store import Store
+
+FAST = SimulatedWork(epoch_seconds=(0.02, 0.04), checkpoint_bytes=4096)
+
+
+def test_a_simulated_trial_writes_rows_checkpoints_and_status_like_a_real_one(tmp_path):
+    store = Store(tmp_path)
+    t = store.create_trial({"lr": 2e-3, "dropout": 0.3, "optimizer": "Adam"})
+    st = run_trial(str(tmp_path), t, TrainConfig(epochs=3), work=FAST)
+    assert st["status"] == "completed" and st["simulated"] and st["attempt"] == 1
+    rows = store.metric_rows(t)
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and all(r["simulated"] for r in rows)
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"]  # it learns (on a made-up surface)
+    assert store.verify_checkpoint(t)["epoch"] == 3
+    assert store.checkpoint(t).stat().st_size == 4096
+
+
+def test_a_stopped_simulated_trial_resumes_from_its_checkpoint(tmp_path):
+    store = Store(tmp_path)
+    t = store.create_trial({"lr": 2e-3})
+    slow = SimulatedWork(epoch_seconds=(0.3,), checkpoint_bytes=4096)
+    timer = threading.Timer(0.45, store.request_stop, args=(t,))  # during epoch 2
+    timer.start()
+    st = run_trial(str(tmp_path), t, TrainConfig(epochs=4), work=slow)
+    timer.join()
+    assert st["status"] == "stopped" and [r["epoch"] for r in store.metric_rows(t)] == [1]
+    store.requeue(t)
+    st = run_trial(str(tmp_path), t, TrainConfig(epochs=4), work=slow)
+    assert st["status"] == "completed" and st["attempt"] == 2
+    assert [r["epoch"] for r in store.metrics(t)] == [1, 2, 3, 4]
+
+
+def test_a_simulated_member_inherits_its_parents_progress(tmp_path):
+    store = Store(tmp_path)
+    hp = {"lr": 2e-3, "dropout": 0.3, "optimizer": "Adam"}
+    parent = store.create_trial({**hp, "generation": 0, "member": 0, "inherit": None}, "g000-m00")
+    fresh = store.create_trial({**hp, "generation": 0, "member": 1, "inherit": None}, "g000-m01")
+    child = store.create_trial({**hp, "generation": 1, "member": 0, "inherit": parent}, "g001-m00")
+    member = lambda t: run_attempt(str(tmp_path), t,  # noqa: E731
+                                   lambda a: FAST.train_member(a, 2, load_inherited))
+    for t in (parent, fresh, child):
+        member(t)
+    st = store.status(child)
+    assert st["loaded_from"] == parent and st["simulated"]
+    assert st["val_loss"] < store.status(fresh)["val_loss"]  # 4 epochs of progress beat 2
+    assert [r["epoch"] for r in store.metric_rows(child)] == [3, 4]  # numbered along the lineage
+
+
+def test_simulated_work_says_what_it_is_and_refuses_nonsense():
+    assert FAST.label == LABEL == "simulated work"
+    rec = recorded()
+    assert rec["seconds_per_epoch"] and min(rec["seconds_per_epoch"]) > 0 and rec["source"]
+    with pytest.raises(ValueError, match="scale"):
+        SimulatedWork(epoch_seconds=(1.0,), scale=0)
+    # the same trial always draws the same time: a rerun of a benchmark is the same work
+    assert FAST.epoch_time("trial-0001") == SimulatedWork(**FAST.to_dict()).epoch_time("trial-0001")
