@@ -57,7 +57,8 @@ def read_json(path, default=None):
     """The JSON in `path`, or `default` if it is missing or unreadable (e.g. emptied by a crash
     on a filesystem that lost the data of a rename)."""
     try:
-        return json.loads(Path(path).read_text())
+        with open(path, "rb") as f:
+            return json.loads(f.read())
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return default
 
@@ -79,14 +80,17 @@ def append_line(path, obj) -> None:
 def read_lines(path) -> list[dict]:
     """Every well-formed JSON object line of `path`; torn or interleaved lines are skipped."""
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            text = f.read().decode(errors="replace")  # a torn multi-byte character: that line
     except FileNotFoundError:
         return []
     rows = []
-    for line in raw.split(b"\n"):
+    for line in text.split("\n"):
+        if not line:
+            continue
         try:
             row = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except json.JSONDecodeError:
             continue
         if isinstance(row, dict):
             rows.append(row)

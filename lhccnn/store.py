@@ -107,6 +107,12 @@ def _this_process_started() -> float | None:
         return None
 
 
+def _per_epoch(rows: list[dict]) -> list[dict]:
+    """The last row written for each epoch, in epoch order."""
+    by_epoch = {row["epoch"]: row for row in rows if "epoch" in row}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
 class Store:
     """A study: `root/trials/<trial_id>/...`; see the module docstring for the state machine."""
 
@@ -210,8 +216,7 @@ class Store:
 
     def metrics(self, trial_id: str) -> list[dict]:
         """Per-epoch metrics, one row per epoch: a resumed trial's re-run epochs replace the old."""
-        by_epoch = {row["epoch"]: row for row in self.metric_rows(trial_id) if "epoch" in row}
-        return [by_epoch[e] for e in sorted(by_epoch)]
+        return _per_epoch(self.metric_rows(trial_id))
 
     def metric_rows(self, trial_id: str) -> list[dict]:
         """Every metric row ever written for the trial, in order, with the attempt that wrote it."""
@@ -229,7 +234,9 @@ class Store:
 
     def summary(self, trial_id: str) -> dict:
         """One row for the trials table: status, where it runs, progress, best metrics, config."""
-        st, ms = self.status(trial_id), self.metrics(trial_id)
+        d = str(self.trial_dir(trial_id))  # plain strings: a study's table reads 3 files a trial
+        st = read_json(os.path.join(d, "status.json"), {"status": "queued"})
+        ms = _per_epoch(read_lines(os.path.join(d, "metrics.jsonl")))
         row = {"trial": trial_id, **{k: st.get(k) for k in ("status", "host", "engine", "attempt")},
                "epoch": ms[-1]["epoch"] if ms else 0}
         if ms:
@@ -237,7 +244,7 @@ class Store:
             row["val_loss"] = min(m.get("val_loss", float("inf")) for m in ms)
             row["val_accuracy"] = max(m.get("val_accuracy", 0.0) for m in ms)
         row["seconds"] = st.get("seconds")
-        row.update(self.config(trial_id) or {})
+        row.update(read_json(os.path.join(d, "config.json")) or {})
         return row
 
     def dataframe(self):
