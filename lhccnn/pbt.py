@@ -553,7 +553,7 @@ def _work_from_dict(d: dict | None):
         return None
     from .simulate import SimulatedWork
 
-    return SimulatedWork(**{**d, "epoch_seconds": tuple(d["epoch_seconds"])})
+    return SimulatedWork(**{**d, "cost": tuple(d["cost"]), "residuals": tuple(d["residuals"])})
 
 
 def _fitness_or_none(losses):

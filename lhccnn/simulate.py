@@ -2,9 +2,10 @@
 
 A scale benchmark asks whether the control plane (IPyParallel, Dask, the trial store, the
 dashboard, the PBT loop) holds at sizes this machine cannot train at. `SimulatedWork` replaces
-only the training step of a trial or a PBT member: each epoch sleeps for a time drawn from
-recorded trial times (notebook 03's, measured here; see `recorded`), then writes the epoch's
-metric row and a checkpoint of the real model's size through the real store, as training does.
+only the training step of a trial or a PBT member: each epoch sleeps for as long as a trial of
+that model and batch size took in notebook 03 on this machine (a fit of its measured trials,
+with their spread; see `recorded`), then writes the epoch's metric row and a checkpoint of the
+real model's size through the real store, as training does.
 The metrics come from a made-up response surface, so selection has something to select. Every
 result made with it carries the label "simulated work".
 """
@@ -31,28 +32,52 @@ OPTIMIZER_COST = {"Adam": 0.0, "Nadam": 0.05, "RMSprop": 0.15, "SGD": 0.6}
 
 
 def recorded() -> dict:
-    """Notebook 03's measured trial times on this machine (seconds per epoch, one per trial),
-    with where and how they were measured."""
+    """Notebook 03's measured trials on this machine (seconds per epoch, the model's training
+    MFLOP per sample, the batch size), with where and how they were measured."""
     return json.loads(resources.files("lhccnn").joinpath("recorded_trial_times.json").read_text())
+
+
+def fit(trials: list[dict]) -> tuple[tuple, tuple]:
+    """Seconds per epoch as c0 + c1 x MFLOP per sample + c2 / batch size, least squares over
+    recorded trials; returns the coefficients and each trial's measured/fitted ratio."""
+    x = np.array([[1.0, t["mflops"], 1.0 / t["batch_size"]] for t in trials])
+    y = np.array([t["seconds_per_epoch"] for t in trials])
+    coef = np.linalg.lstsq(x, y, rcond=None)[0]
+    return tuple(float(c) for c in coef), tuple(float(r) for r in y / (x @ coef))
+
+
+def mflops(hp: dict) -> float:
+    """Training MFLOP per sample of the model a trial's hyper-parameters describe."""
+    from .config import ModelConfig
+    from .model import training_flops
+
+    arch = {k: tuple(hp[k]) for k in ("conv_sizes", "dense_sizes") if k in hp}
+    return training_flops(ModelConfig(**arch)) / 1e6
 
 
 @dataclass(frozen=True)
 class SimulatedWork:
-    """Sleep `scale` x a recorded trial's seconds per epoch, every epoch; write what training
-    writes. `checkpoint_bytes`: the weights file's size (the CNN's float32 parameters)."""
+    """Every epoch, sleep `scale` x the seconds a recorded trial of this model and batch size
+    would take, then write what training writes. The time is a fit of notebook 03's measured
+    trials (`cost`: seconds per epoch = c0 + c1 x MFLOP per sample + c2 / batch size) times one
+    of their residual ratios, drawn by the trial's id; empty `cost` fits `recorded()`.
+    `checkpoint_bytes`: the weights file's size (the CNN's float32 parameters)."""
 
-    epoch_seconds: tuple = ()  # recorded seconds per epoch to draw from; empty: recorded()'s
+    cost: tuple = ()
+    residuals: tuple = (1.0,)
     scale: float = 1.0
     checkpoint_bytes: int = 4 * PARAMETERS
     seed: int = 0
     label: str = LABEL
 
     def __post_init__(self):
-        if not self.epoch_seconds:
-            object.__setattr__(self, "epoch_seconds", tuple(recorded()["seconds_per_epoch"]))
-        if self.scale <= 0 or min(self.epoch_seconds) <= 0:
-            raise ValueError(f"scale and epoch_seconds must be > 0, got {self.scale} and "
-                             f"min {min(self.epoch_seconds)}")
+        if not self.cost:
+            coef, residuals = fit(recorded()["trials"])
+            object.__setattr__(self, "cost", coef)
+            object.__setattr__(self, "residuals", residuals)
+        if self.scale <= 0 or len(self.cost) != 3 or min(self.residuals) <= 0:
+            raise ValueError(f"need scale > 0 (got {self.scale}), cost (c0, c1, c2) (got "
+                             f"{self.cost}) and residuals > 0 (got min {min(self.residuals)})")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -61,9 +86,13 @@ class SimulatedWork:
         digest = hashlib.sha256(repr((self.seed, *key)).encode()).digest()
         return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
-    def epoch_time(self, trial_id: str) -> float:
-        """This trial's seconds per epoch: one recorded trial's, drawn by the trial's id."""
-        return self.scale * float(self._rng(trial_id).choice(self.epoch_seconds))
+    def epoch_time(self, trial_id: str, hp: dict) -> float:
+        """This trial's seconds per epoch: the fit for its model and batch size, times a
+        recorded residual drawn by its id (at least 1 % of the fit's constant)."""
+        c0, c1, c2 = self.cost
+        fitted = c0 + c1 * mflops(hp) + c2 / float(hp.get("batch_size", 128))
+        residual = float(self._rng(trial_id).choice(self.residuals))
+        return self.scale * max(fitted * residual, 0.01 * abs(c0))
 
     def train(self, attempt, hp: dict, epochs: int, epoch_offset: int = 0,
               progress: float = 0.0) -> dict:
@@ -71,7 +100,7 @@ class SimulatedWork:
         kept in the checkpoint), checking for a stop request as training does after a batch.
         Returns the last metric row, with "stopped" and the seconds spent saving."""
         rate = _learning_rate(hp)
-        spent = self.epoch_time(attempt.trial_id)
+        spent = self.epoch_time(attempt.trial_id, hp)
         model, row, save_s = _Weights(self.checkpoint_bytes, progress), {}, 0.0
         for e in range(1, epochs + 1):
             end = time.monotonic() + spent
@@ -179,19 +208,23 @@ class _Optimizer:
 
 def record(study, out, source: str) -> dict:
     """Write `out` (the JSON `recorded` reads) from a finished study: each completed trial's
-    training seconds per epoch, with `source` saying which run on which machine."""
+    training seconds per epoch, its model's MFLOP per sample and its batch size, with `source`
+    saying which run on which machine."""
     from .store import Store
 
     store = Store(study)
-    per_epoch = []
+    trials = []
     for t in store.trial_ids():
-        st, ms = store.status(t), store.metrics(t)
+        st, ms, hp = store.status(t), store.metrics(t), store.config(t)
         if st.get("status") == "completed" and ms and st.get("seconds"):
-            per_epoch.append(round(st["seconds"] / len(ms), 3))
-    if not per_epoch:
-        raise ValueError(f"{study}: no completed trial with its seconds to record")
-    rec = {"seconds_per_epoch": per_epoch, "trials": len(per_epoch), "source": source,
-           "cpus": os.cpu_count(), "recorded": time.strftime("%Y-%m-%d")}
+            trials.append({"seconds_per_epoch": round(st["seconds"] / len(ms), 3),
+                           "mflops": round(mflops(hp), 3), "batch_size": hp.get("batch_size", 128)})
+    if len(trials) < 3:
+        raise ValueError(f"{study}: {len(trials)} completed trials with their seconds; a fit "
+                         "needs at least 3")
+    coef, residuals = fit(trials)
+    rec = {"trials": trials, "fit": coef, "residual_spread": [min(residuals), max(residuals)],
+           "source": source, "cpus": os.cpu_count(), "recorded": time.strftime("%Y-%m-%d")}
     with open(out, "w") as f:
         json.dump(rec, f, indent=1)
         f.write("\n")
@@ -208,4 +241,6 @@ if __name__ == "__main__":
     p.add_argument("--source", required=True, help="which run, on which machine")
     a = p.parse_args()
     r = record(a.study, a.out, a.source)
-    print(f"{a.out}: {r['trials']} trials, median {np.median(r['seconds_per_epoch']):.2f} s/epoch")
+    c0, c1, c2 = r["fit"]
+    print(f"{a.out}: {len(r['trials'])} trials; seconds per epoch = {c0:.2f} + {c1:.3f} x MFLOP "
+          f"+ {c2:.0f} / batch, residuals {r['residual_spread'][0]:.2f}-{r['residual_spread'][1]:.2f}")

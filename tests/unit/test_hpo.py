@@ -1,11 +1,15 @@
 """Search space validation and sampling, trial configs, and the makespan analysis."""
 
+import contextlib
+import itertools
+
 import numpy as np
 import pytest
 
 from lhccnn.config import smoke
 from lhccnn.hpo import (Choice, IntRange, LogUniform, Uniform, default_space, makespan_analysis,
-                        sample, trial_config, validate_space)
+                        predicted_cost, run_trials, sample, trial_config, validate_space)
+from lhccnn.store import Store
 
 
 def test_default_space_is_valid_and_samples_stay_in_it():
@@ -61,3 +65,53 @@ def test_makespan_bounds_and_round_robin():
     assert m["measured_over_lower_bound"] == pytest.approx(1.05)
     with pytest.raises(ValueError):
         makespan_analysis([], engines=2)
+
+
+def test_longest_first_and_a_bound_no_schedule_beats():
+    m = makespan_analysis([2.0, 2.0, 2.0, 3.0, 3.0], engines=2)
+    assert m["greedy"] == 7.0 and m["longest_first"] == 7.0  # the optimum, 3+3 | 2+2+2, is 6
+    assert m["pigeonhole_bound"] == 6.0
+    # the bound holds against every assignment of small random instances (brute force)
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n, engines = int(rng.integers(3, 8)), int(rng.integers(2, 4))
+        t = list(rng.uniform(1, 10, n))
+        best = min(max(sum(d for d, e in zip(t, plan) if e == k) for k in range(engines))
+                   for plan in itertools.product(range(engines), repeat=n))
+        assert makespan_analysis(t, engines)["pigeonhole_bound"] <= best + 1e-9
+
+
+def test_trials_are_submitted_most_expensive_first(tmp_path):
+    base = smoke().replace(epochs=2)
+    small, big = {"conv_sizes": (4, 8)}, {"conv_sizes": (16, 32, 64), "dense_sizes": (128,)}
+    assert predicted_cost(base, big) > 10 * predicted_cost(base, small)
+    store = Store(tmp_path)
+    ids = [store.create_trial(hp) for hp in (small, big, {"conv_sizes": (8, 16, 32)}, small)]
+    view = _RecordingView()  # a stand-in that records the order of submission, runs nothing
+    run_trials(view, store, ids, base, progress=False)
+    assert view.submitted == [ids[1], ids[2], ids[0], ids[3]]
+
+
+class _RecordingView:
+    def __init__(self):
+        self.submitted, self.client = [], _Client()
+
+    @contextlib.contextmanager
+    def temp_flags(self, **flags):
+        yield
+
+    def apply_async(self, f, store_root, trial_id, *args):
+        self.submitted.append(trial_id)
+        return _Done()
+
+
+class _Client:
+    ids = [0]
+
+
+class _Done:
+    def ready(self):
+        return True
+
+    def get(self):
+        return {"status": "completed"}

@@ -9,10 +9,10 @@ from lhccnn.hpo import run_trial
 from lhccnn.config import TrainConfig
 from lhccnn.pbt import load_inherited
 from lhccnn.runner import run_attempt
-from lhccnn.simulate import LABEL, SimulatedWork, recorded
+from lhccnn.simulate import LABEL, SimulatedWork, fit, mflops, recorded
 from lhccnn.store import Store
 
-FAST = SimulatedWork(epoch_seconds=(0.02, 0.04), checkpoint_bytes=4096)
+FAST = SimulatedWork(cost=(0.03, 0.0, 0.0), residuals=(0.7, 1.3), checkpoint_bytes=4096)
 
 
 def test_a_simulated_trial_writes_rows_checkpoints_and_status_like_a_real_one(tmp_path):
@@ -30,7 +30,7 @@ def test_a_simulated_trial_writes_rows_checkpoints_and_status_like_a_real_one(tm
 def test_a_stopped_simulated_trial_resumes_from_its_checkpoint(tmp_path):
     store = Store(tmp_path)
     t = store.create_trial({"lr": 2e-3})
-    slow = SimulatedWork(epoch_seconds=(0.3,), checkpoint_bytes=4096)
+    slow = SimulatedWork(cost=(0.3, 0.0, 0.0), checkpoint_bytes=4096)
     timer = threading.Timer(0.45, store.request_stop, args=(t,))  # during epoch 2
     timer.start()
     st = run_trial(str(tmp_path), t, TrainConfig(epochs=4), work=slow)
@@ -61,8 +61,21 @@ def test_a_simulated_member_inherits_its_parents_progress(tmp_path):
 def test_simulated_work_says_what_it_is_and_refuses_nonsense():
     assert FAST.label == LABEL == "simulated work"
     rec = recorded()
-    assert rec["seconds_per_epoch"] and min(rec["seconds_per_epoch"]) > 0 and rec["source"]
+    assert len(rec["trials"]) >= 3 and rec["source"]
     with pytest.raises(ValueError, match="scale"):
-        SimulatedWork(epoch_seconds=(1.0,), scale=0)
+        SimulatedWork(cost=(1.0, 0.0, 0.0), scale=0)
     # the same trial always draws the same time: a rerun of a benchmark is the same work
-    assert FAST.epoch_time("trial-0001") == SimulatedWork(**FAST.to_dict()).epoch_time("trial-0001")
+    hp = {"conv_sizes": [8, 16], "batch_size": 128}
+    assert FAST.epoch_time("t1", hp) == SimulatedWork(**FAST.to_dict()).epoch_time("t1", hp)
+
+
+def test_simulated_times_follow_the_recorded_trials_model_and_batch_size():
+    trials = [{"mflops": m, "batch_size": b, "seconds_per_epoch": 20 + 0.5 * m + 1000 / b}
+              for m in (5, 17, 62) for b in (64, 256)]
+    coef, residuals = fit(trials)
+    assert coef == pytest.approx((20, 0.5, 1000)) and residuals == pytest.approx([1.0] * 6)
+    work = SimulatedWork(cost=coef, scale=0.5)
+    big = {"conv_sizes": [16, 32, 64], "dense_sizes": [64], "batch_size": 64}
+    small = {"conv_sizes": [4, 8, 16], "dense_sizes": [64], "batch_size": 256}
+    assert work.epoch_time("a", big) == pytest.approx(0.5 * (20 + 0.5 * mflops(big) + 1000 / 64))
+    assert work.epoch_time("a", big) > 2 * work.epoch_time("a", small)
