@@ -208,13 +208,17 @@ def control_plane_at_scale(record: dict, axes=None):
     ax.legend(fontsize=7)
     ax = axes[1]
     sched = record.get("scheduler") or []
-    ax.plot([r["engines"] for r in sched], [r["overhead_per_task_ms"] for r in sched], marker="o")
-    ax.set(xlabel="engines", ylabel="overhead per task [ms]", title="IPyParallel scheduler")
+    x = [r["engines"] for r in sched]
+    ax.plot(x, [r["ms_per_task"] for r in sched], marker="o", label="per task (1 / throughput)")
+    ax.plot(x, [r["engine_gap_ms"] for r in sched], marker="s", label="an engine's wait per task")
+    ax.set(xlabel="engines", ylabel="milliseconds", title="IPyParallel scheduler")
+    ax.legend(fontsize=7)
     ax = axes[2]
     m = record.get("makespan")
     if m:
-        names = ["lower bound", "measured", "greedy\n(same times)", "round-robin\n(same times)"]
-        bars = ax.bar(names, [m["lower_bound"], m["measured"], m["greedy"], m["round_robin"]])
+        names = ["lower\nbound", "no schedule\nbeats", "measured", "longest\nfirst", "round-\nrobin"]
+        bars = ax.bar(names, [m["lower_bound"], m["pigeonhole_bound"], m["measured"],
+                              m["longest_first"], m["round_robin"]])
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
         ax.set(ylabel="makespan [s]", title=f"{m['trials']} trials on {m['engines']} engines "
                f"({record.get('work', '')})")

@@ -199,11 +199,15 @@ elif __name__ == "__main__" and sys.argv[1:2] == ["allreduce"]:
 
 
 # ---------------------------------------------------------------------------- the scheduler
-def task_overhead(view, n_tasks: int, sleep: float = 0.05) -> dict:
-    """A load-balanced view's throughput of empty tasks (tasks/s) and its overhead per task:
-    with `n_tasks` tasks that each sleep `sleep` s on E engines, the wall time beyond
-    n_tasks x sleep / E, per task and engine (what each task costs an engine besides its work)."""
+def task_overhead(view, n_tasks: int, sleep: float | None = None) -> dict:
+    """What a load-balanced view costs per task, two ways. `ms_per_task`: the wall time of
+    `n_tasks` empty tasks divided by their number, i.e. the serial cost of submitting, routing,
+    running and returning one task (the reciprocal of the throughput). `engine_gap_ms`: with
+    tasks that each sleep `sleep` s (default 20 ms per engine, so the controller is not
+    saturated), the wall time beyond n_tasks x sleep / E, per task and engine: how long an
+    engine waits between one task and the next."""
     engines = len(view.client.ids)
+    sleep = 0.02 * engines if sleep is None else sleep
     t = time.perf_counter()
     results = [view.apply_async(_noop, i) for i in range(n_tasks)]
     if [r.get(timeout=600) for r in results] != list(range(n_tasks)):
@@ -215,9 +219,9 @@ def task_overhead(view, n_tasks: int, sleep: float = 0.05) -> dict:
         r.get(timeout=600)
     wall = time.perf_counter() - t
     ideal = n_tasks * sleep / engines
-    return {"engines": engines, "tasks": n_tasks, "empty_tasks_per_s": n_tasks / empty_s,
-            "sleep_s": sleep, "wall_s": wall, "ideal_s": ideal,
-            "overhead_per_task_ms": 1000 * (wall - ideal) * engines / n_tasks}
+    return {"engines": engines, "tasks": n_tasks, "tasks_per_s": n_tasks / empty_s,
+            "ms_per_task": 1000 * empty_s / n_tasks, "sleep_s": sleep, "wall_s": wall,
+            "ideal_s": ideal, "engine_gap_ms": 1000 * (wall - ideal) * engines / n_tasks}
 
 
 def _noop(x):

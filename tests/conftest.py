@@ -34,7 +34,8 @@ def _write_record(name: str, title: str, targets: dict, figures: dict) -> None:
     out = results_dir()
     out.mkdir(parents=True, exist_ok=True)
     machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+               "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "load_average_1_5_15_min": os.getloadavg()}  # other work on the machine
     (out / f"{name}.json").write_text(json.dumps(
         {"machine": machine, "targets": targets, "figures": figures}, indent=1, default=float))
     width = max(map(len, figures), default=0)
