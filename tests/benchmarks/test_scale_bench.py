@@ -126,6 +126,13 @@ def test_pbt_with_a_large_population(tmp_path):
                      "best_val_loss": [h["best_val_loss"] for h in history]}
     RECORD["pbt_overhead_fraction_median"] = statistics.median(fractions)
     RECORD["pbt_overhead_fraction_max"] = max(fractions)
+    members = [store.status(t) for t in store.trial_ids()]
+    RECORD["pbt_save_s_median"] = statistics.median(m["save_s"] for m in members)
+    RECORD["pbt_load_s_median"] = statistics.median(m["load_s"] for m in members)
+    # the driver's selection, crossover and mutation: a generation's end to the next's creation
+    RECORD["pbt_breed_s_median"] = statistics.median(
+        run.generation_record(g)["created"] - run.generation_record(g - 1)["finished"]
+        for g in range(1, GENERATIONS))
     RECORD["pbt_overhead_s_median"] = statistics.median(
         run.generation_record(g)["overhead_s"] for g in range(GENERATIONS))
     # selection works on the simulated surface: the best member improves over the run
