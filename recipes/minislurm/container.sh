@@ -59,6 +59,7 @@ build() {
   [[ -r $ca ]] && secret=(--secret "id=cacert,src=$ca")
   log "building $IMAGE from $repo/Dockerfile (first time: ~20 min, mostly Horovod)"
   podman build --isolation "$ISOLATION" "${secret[@]}" -t "$IMAGE" "$repo"
+  log "built $IMAGE: $(podman image inspect -f '{{.Size}}' "$IMAGE" | numfmt --to=si)B"
 }
 
 root_id() { stat -L -c %d:%i "$1" 2>/dev/null; }   # a process's root dir names its container

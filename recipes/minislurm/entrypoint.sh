@@ -13,6 +13,9 @@ stop() {
 trap 'stop $?' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+# The container's own name must resolve (munge, slurmd and the Dask scheduler look it up): Docker
+# adds it to /etc/hosts, buildah's chroot isolation does not.
+getent hosts "$(hostname)" >/dev/null || echo "127.0.1.1 $(hostname)" >> /etc/hosts
 "$here/minislurm.sh" start
 eval "$("$here/minislurm.sh" env)"
 "$@"
