@@ -123,7 +123,7 @@ def test_inside_the_image_the_mini_slurm_horovod_and_notebooks_pass():
     log = REPO / "results" / "container" / "pytest-inside.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    out = ct_run("/usr/bin/make", "test", f"PYTEST_ARGS={' '.join(INSIDE)}", timeout=3600)
+    out = ct_run("/usr/bin/make", "test", f"PYTEST_ARGS={' '.join(INSIDE)} --durations=10", timeout=3600)
     log.write_text(out.stdout + out.stderr)
     tail = (out.stdout + out.stderr)[-4000:]
     assert out.returncode == 0, f"inside the image (full log: {log}):\n{tail}"
