@@ -17,7 +17,6 @@ IMAGE = os.environ.get("LHCCNN_IMAGE", "lhccnn")
 # what runs inside by default: enough to prove the image works, within CI's budget (README)
 INSIDE = os.environ.get("LHCCNN_CONTAINER_TESTS", "tests/unit tests/notebooks/test_notebooks.py "
                         "tests/cluster/test_minislurm.py tests/cluster/test_horovod.py").split()
-DAEMONS = {"munged", "slurmctld", "slurmd", "slurmstepd"}
 
 if os.environ.get("LHCCNN_CONTAINER") != "1":
     pytest.skip("the built image's tests run under `make container-test`", allow_module_level=True)
@@ -38,7 +37,7 @@ def _foreign() -> dict[int, str]:
     ours = _root("self")
     found = {}
     for p in Path("/proc").iterdir():
-        if p.name.isdigit() and (root := _root(p.name)) not in (ours, None):
+        if p.name.isdigit() and _root(p.name) not in (ours, None):
             try:
                 found[int(p.name)] = (p / "comm").read_text().strip()
             except OSError:
@@ -107,9 +106,13 @@ def test_host_cluster_and_its_job_survive_the_containers_cluster(slurm_cluster, 
     pids = {f.name: f.read_text().strip() for f in state.glob("*.pid")}
     job = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "exec sleep 300"],
                          env=slurm_cluster, capture_output=True, text=True, check=True).stdout.strip()
+    queue = ["squeue", "-h", "-o", "%i"]
     try:
+        before = subprocess.run(queue, env=slurm_cluster, capture_output=True, text=True).stdout.split()
         out = ct_run("/bin/bash", "-c", "srun -N2 -n2 hostname")
         assert out.returncode == 0, out.stdout + out.stderr
+        after = subprocess.run(queue, env=slurm_cluster, capture_output=True, text=True).stdout.split()
+        assert after == before, "the host's queue changed during the container's run"
         job_state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], env=slurm_cluster,
                                capture_output=True, text=True).stdout.strip()
         assert job_state == "RUNNING", f"the host's job after the container's run: {job_state!r}"
