@@ -1,17 +1,25 @@
-# The tutorial's container: Debian 12, Python 3.11, the pinned stack with Horovod, and the mini
-# SLURM cluster started by the entrypoint. Build: docker build -t lhccnn .
+# The tutorial's container: Debian 12, its Python 3.11, the pinned stack with Horovod, and the mini
+# SLURM cluster started by the entrypoint. Build: docker build -t lhccnn .   (or: make container)
 # Run the tests: docker run --rm lhccnn        Run anything else: docker run --rm lhccnn make all
-FROM python:3.11-slim-bookworm
+# Plain Debian, not python:3.11-slim: its Python is 3.11, and where no registry is reachable
+# `make container` makes this base itself with debootstrap (recipes/minislurm/container.sh).
+FROM debian:12
 
-ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1
+ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /lhccnn
 COPY recipes/minislurm/install.sh recipes/minislurm/install.sh
 RUN recipes/minislurm/install.sh && rm -rf /var/lib/apt/lists/*
 
-# The environment first (slow: Horovod builds from source), so code changes rebuild only the tail.
-COPY constraints.txt pyproject.toml Makefile README.md ./
+# The environment first (slow: Horovod builds from source), so code changes rebuild only the tail;
+# pip's cache survives between builds, so a changed constraint does not rebuild Horovod's wheel.
+# Behind a TLS-intercepting proxy pip needs the host's CA bundle: `make container` passes it as
+# the secret "cacert" (docker build --secret id=cacert,src=FILE), never stored in the image.
+# README.md is only the package's long description here: an empty stand-in keeps edits of the
+# docs from rebuilding the environment (COPY . . brings the real one).
+COPY constraints.txt pyproject.toml Makefile ./
 COPY lhccnn/__init__.py lhccnn/__init__.py
-RUN make env
+RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=cacert \
+    if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi; touch README.md && make env
 COPY . .
 RUN make data
 

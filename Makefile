@@ -18,13 +18,15 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export OMPI_MCA_mpi_yield_when_idle := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 # Horovod must build against TensorFlow, MPI and Gloo, and nothing else (DESIGN §3)
+# what `make container-test` runs inside the image (CI's budget: the whole suite runs natively)
+CONTAINER_TESTS ?= tests/unit tests/notebooks/test_notebooks.py tests/cluster/test_minislurm.py tests/cluster/test_horovod.py
 HOROVOD_FLAGS := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
                  HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1
 
-.PHONY: help all env system data slurm-start slurm-stop slurm-status train-batch notebooks book test test-unit bench clean
+.PHONY: help all env system data slurm-start slurm-stop slurm-status train-batch notebooks book test test-unit bench container container-test clean
 
 help:  ## this list
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 all: env data slurm-start notebooks book  ## the main job: set up, make data, start SLURM, run the 5 notebooks, build the book
 
@@ -87,6 +89,12 @@ test-unit: env  ## the unit tier only: fast, no cluster
 
 bench: env data slurm-start  ## benchmarks at full size (~30 min, of which PBT 19): tables, results/bench*.json
 	@LHCCNN_BENCH=full $(PY) -m pytest -q -s tests/benchmarks $(PYTEST_ARGS)
+
+container:  ## build the image from the Dockerfile with podman (no daemon; makes its debian:12 base if no registry has it)
+	@recipes/minislurm/container.sh build
+
+container-test: env container  ## the built image: its mini SLURM, srun, Horovod, the unit tier and notebook smoke runs inside; nothing left here
+	@LHCCNN_CONTAINER=1 LHCCNN_CONTAINER_TESTS="$(CONTAINER_TESTS)" $(PY) -m pytest -q -ra -s tests/container $(PYTEST_ARGS)
 
 clean: slurm-stop  ## stop SLURM, remove results and caches (keeps the environment and data)
 	rm -rf $(RESULTS) .pytest_cache

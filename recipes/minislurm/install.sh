@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages the local stack needs, only those missing: MPI, SLURM, munge, a
-# compiler for Horovod, Chromium for the browser tests. Needs root (or sudo) and Debian's registry.
+# compiler and Python's headers for Horovod, Chromium for the browser tests. Needs root (or sudo) and Debian's registry.
 set -euo pipefail
-pkgs=(openmpi-bin libopenmpi-dev slurm-wlm munge cmake g++ make python3-venv curl procps chromium)
+pkgs=(openmpi-bin libopenmpi-dev slurm-wlm munge cmake g++ make python3-dev python3-venv curl procps chromium)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]} == 0)); then echo "system packages: all present"; exit 0; fi

@@ -105,9 +105,14 @@ wait_pidfile() {   # the daemon forks and writes its pid file; record its identi
   log "warning: $1 not written within 5 s"
 }
 
+# A container under chroot isolation shares this host's process table but has its own root, and
+# so its own /run/munge and state: only processes under our root can be this cluster's.
+same_root() { [[ $(stat -L -c %d:%i "/proc/$1/root/" 2>/dev/null) == "$(stat -L -c %d:%i /)" ]]; }
+here_named() { local p; for p in $(pgrep -x "$1" || true); do same_root "$p" && echo "$p"; done; return 0; }
+
 ours_stepds() {   # slurmstepd processes of this cluster: their open files lie under $STATE
   local p
-  for p in $(pgrep -x slurmstepd || true); do
+  for p in $(here_named slurmstepd); do
     # not grep -q: under pipefail, ls killed by SIGPIPE would turn a match into a miss
     if { ls -l "/proc/$p/fd" "/proc/$p/cwd" 2>/dev/null || true; } | grep -F -- "$STATE/" >/dev/null
     then echo "$p"; fi
@@ -125,7 +130,7 @@ stop() {
   fi
   local pids=() f name ctld others
   ctld=$(cat "$STATE/slurmctld.pid" 2>/dev/null || true)
-  others=$(pgrep -x slurmctld | grep -vx -- "${ctld:-none}" || true)   # before we kill ours
+  others=$(here_named slurmctld | grep -vx -- "${ctld:-none}" || true)   # before we kill ours
   for f in "$STATE"/slurmd.*.pid "$STATE"/slurmctld.pid "$STATE"/munged.pid; do
     [[ -f $f ]] || continue
     name=$(basename "$f" .pid); name=${name%%.*}
