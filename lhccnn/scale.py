@@ -1,4 +1,4 @@
-"""Scale measurements of the control plane: the trial store and the dashboard at 100 to 10,000 trials."""
+"""The control plane measured at scale (store, dashboard, scheduler, allreduce); a cost model."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ CONFIG = {"lr": 1e-3, "dropout": 0.5, "optimizer": "Adam", "batch_size": 128,
           "conv_sizes": [8, 16, 32], "dense_sizes": [64]}
 EPOCHS = 8
 # file-system calls that are a metadata request on a parallel filesystem (one per call on Lustre)
-FILE_CALLS = r"open|openat|stat|newfstatat|statx|lstat|access|rename|renameat|renameat2|mkdir|unlink|getdents64"
+FILE_CALLS = ("open|openat|stat|newfstatat|statx|lstat|access|rename|renameat|renameat2|mkdir|"
+              "unlink|getdents64")
 
 
 def fill_study(store: Store, n: int, running: int = 0, epochs: int = EPOCHS,
@@ -104,8 +105,8 @@ def measure_study(root, n: int, changed: float = 0.01, seed: int = 0) -> dict:
     out["poll_s"] = float(np.median([p[1] for p in polls]))
     out["poll_trials_read"] = polls[-1][2]
     shown = dash.shown()
-    out["table_shows_changes"] = all(shown.at[a.trial_id, "epoch"] == len(a.store.metrics(a.trial_id))
-                                     for a in attempts)
+    out["table_shows_changes"] = all(
+        shown.at[a.trial_id, "epoch"] == len(a.store.metrics(a.trial_id)) for a in attempts)
     out["file_calls_per_poll"] = file_calls_per_poll(root, lambda: next_epoch(attempts, seed=99))
     for a in attempts:
         a.finish("stopped", reason="benchmark over")
@@ -190,51 +191,18 @@ def allreduce_seconds(parameters: int = 137_089, repeats: int = 50) -> float | N
     return float(np.median(times)) if hvd.rank() == 0 else None
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["poll-once"]:
-    _poll_once(sys.argv[2])
-elif __name__ == "__main__" and sys.argv[1:2] == ["allreduce"]:
-    seconds = allreduce_seconds()
-    if seconds is not None:
-        print(f"allreduce_s {seconds:.6f}")
+USAGE = """usage: mpirun -np 2 python -m lhccnn.scale allreduce
+           time one Horovod allreduce of the CNN's gradient (137,089 float32 values)
+       python -m lhccnn.scale poll-once STUDY
+           open STUDY's table, wait for a line on stdin, poll once (file_calls_per_poll)"""
 
-
-# ---------------------------------------------------------------------------- the scheduler
-def task_overhead(view, n_tasks: int, sleep: float | None = None) -> dict:
-    """What a load-balanced view costs per task, two ways. `ms_per_task`: the wall time of
-    `n_tasks` empty tasks divided by their number, i.e. the serial cost of submitting, routing,
-    running and returning one task (the reciprocal of the throughput). `engine_gap_ms`: with
-    tasks that each sleep `sleep` s (default 20 ms per engine, so the controller is not
-    saturated), the wall time beyond n_tasks x sleep / E, per task and engine: how long an
-    engine waits between one task and the next."""
-    engines = len(view.client.ids)
-    sleep = 0.02 * engines if sleep is None else sleep
-    t = time.perf_counter()
-    results = [view.apply_async(_noop, i) for i in range(n_tasks)]
-    if [r.get(timeout=600) for r in results] != list(range(n_tasks)):
-        raise RuntimeError("empty tasks returned wrong results")
-    empty_s = time.perf_counter() - t
-    t = time.perf_counter()
-    results = [view.apply_async(time.sleep, sleep) for _ in range(n_tasks)]
-    for r in results:
-        r.get(timeout=600)
-    wall = time.perf_counter() - t
-    ideal = n_tasks * sleep / engines
-    return {"engines": engines, "tasks": n_tasks, "tasks_per_s": n_tasks / empty_s,
-            "ms_per_task": 1000 * empty_s / n_tasks, "sleep_s": sleep, "wall_s": wall,
-            "ideal_s": ideal, "engine_gap_ms": 1000 * (wall - ideal) * engines / n_tasks}
-
-
-def _noop(x):
-    return x
-
-
-def study_invariants(store: Store, epochs: int) -> dict:
-    """What a finished simulated study must show: every trial completed by its first attempt,
-    one metric row per epoch, no row lost or repeated."""
-    ids = store.trial_ids()
-    statuses = [store.status(t) for t in ids]
-    rows = [store.metric_rows(t) for t in ids]
-    return {"trials": len(ids),
-            "completed": sum(st.get("status") == "completed" for st in statuses),
-            "first_attempt": sum(st.get("attempt") == 1 for st in statuses),
-            "rows_ok": sum([r["epoch"] for r in rs] == list(range(1, epochs + 1)) for rs in rows)}
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["allreduce"] and len(sys.argv) == 2:
+        seconds = allreduce_seconds()
+        if seconds is not None:
+            print(f"allreduce_s {seconds:.6f}")
+    elif sys.argv[1:2] == ["poll-once"] and len(sys.argv) == 3:
+        _poll_once(sys.argv[2])
+    else:
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)

@@ -1,4 +1,4 @@
-"""Simulated work, for scale benchmarks only: training sleeps instead of computing; all else is real.
+"""Simulated work, for scale benchmarks only: training sleeps instead of computing; all else real.
 
 A scale benchmark asks whether the control plane (IPyParallel, Dask, the trial store, the
 dashboard, the PBT loop) holds at sizes this machine cannot train at. `SimulatedWork` replaces
@@ -99,7 +99,7 @@ class SimulatedWork:
         """Train for `epochs` simulated epochs from `progress` (the response surface's state,
         kept in the checkpoint), checking for a stop request as training does after a batch.
         Returns the last metric row, with "stopped" and the seconds spent saving."""
-        rate = _learning_rate(hp)
+        rate = _progress_rate(hp)
         spent = self.epoch_time(attempt.trial_id, hp)
         model, row, save_s = _Weights(self.checkpoint_bytes, progress), {}, 0.0
         for e in range(1, epochs + 1):
@@ -162,7 +162,7 @@ class SimulatedWork:
             finished=now, task_seconds=now - task_started, simulated=True)
 
 
-def _learning_rate(hp: dict) -> float:
+def _progress_rate(hp: dict) -> float:
     """Progress per epoch, in (0, 1]: best near lr 2e-3, dropout 0.3, Adam (a made-up surface)."""
     lr, dropout = float(hp.get("lr", 1e-3)), float(hp.get("dropout", 0.3))
     q = (math.log10(lr) + 2.7) ** 2 + ((dropout - 0.3) / 0.4) ** 2
@@ -242,5 +242,6 @@ if __name__ == "__main__":
     a = p.parse_args()
     r = record(a.study, a.out, a.source)
     c0, c1, c2 = r["fit"]
+    lo, hi = r["residual_spread"]
     print(f"{a.out}: {len(r['trials'])} trials; seconds per epoch = {c0:.2f} + {c1:.3f} x MFLOP "
-          f"+ {c2:.0f} / batch, residuals {r['residual_spread'][0]:.2f}-{r['residual_spread'][1]:.2f}")
+          f"+ {c2:.0f} / batch, residuals {lo:.2f}-{hi:.2f}")
