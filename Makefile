@@ -87,7 +87,7 @@ test: env data  ## the whole test suite (what CI runs); starts the mini SLURM, s
 test-unit: env  ## the unit tier only: fast, no cluster
 	@$(PY) -m pytest -q -ra tests/unit $(PYTEST_ARGS)
 
-bench: env data slurm-start  ## benchmarks at full size (~30 min, of which PBT 19): tables, results/bench*.json
+bench: env data slurm-start  ## benchmarks at full size (~45 min: PBT 19, scale 14): tables, results/bench*.json
 	@LHCCNN_BENCH=full $(PY) -m pytest -q -s tests/benchmarks $(PYTEST_ARGS)
 
 container:  ## build the image from the Dockerfile with podman (no daemon; makes its debian:12 base if no registry has it)
