@@ -19,7 +19,8 @@ export OMPI_MCA_mpi_yield_when_idle := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 # Horovod must build against TensorFlow, MPI and Gloo, and nothing else (DESIGN §3)
 # what `make container-test` runs inside the image (CI's budget: the whole suite runs natively)
-CONTAINER_TESTS ?= tests/unit tests/notebooks/test_notebooks.py tests/cluster/test_minislurm.py tests/cluster/test_horovod.py
+CONTAINER_TESTS ?= tests/unit tests/notebooks/test_notebooks.py::test_01_cluster_startup \
+                   tests/cluster/test_minislurm.py tests/cluster/test_horovod.py
 HOROVOD_FLAGS := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
                  HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1
 

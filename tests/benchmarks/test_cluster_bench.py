@@ -48,9 +48,9 @@ def test_start_stop_and_scheduling_overhead(slurm):
 def test_notebook_against_batch_at_1_2_4_workers(slurm):
     # the median over epochs 2.. of each run, then the median over 2 repeats per mode
     # (alternating which mode goes first): per-epoch speed on this VM varies by +-20 %
-    config = TrainConfig(n_val=2048, epochs=6 if FULL else 4, warmup_epochs=1.0,
+    config = TrainConfig(n_val=2048, epochs=6 if FULL else 3, warmup_epochs=1.0,
                          lr_scaling="linear")
-    rows = scaling.study(config, workers=(1, 2, 4), per_worker=4096 if FULL else 2048,
+    rows = scaling.study(config, workers=(1, 2, 4), per_worker=4096 if FULL else 1024,
                          out_root=results_dir() / "scaling", n_test=2048, repeats=2,
                          progress=lambda line: None)
     RECORD["size"] = "full" if FULL else "ci"

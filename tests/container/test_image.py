@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 CONTAINER = REPO / "recipes" / "minislurm" / "container.sh"
 IMAGE = os.environ.get("LHCCNN_IMAGE", "lhccnn")
 # what runs inside by default: enough to prove the image works, within CI's budget (README)
-INSIDE = os.environ.get("LHCCNN_CONTAINER_TESTS", "tests/unit tests/notebooks/test_notebooks.py "
+INSIDE = os.environ.get("LHCCNN_CONTAINER_TESTS", "tests/unit "
+                        "tests/notebooks/test_notebooks.py::test_01_cluster_startup "
                         "tests/cluster/test_minislurm.py tests/cluster/test_horovod.py").split()
 
 if os.environ.get("LHCCNN_CONTAINER") != "1":
