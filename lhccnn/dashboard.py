@@ -131,8 +131,8 @@ class Dashboard:
     def _poll_loop(self):
         while not self._stop_polling.wait(self.poll):
             try:
-                changed = self.study.poll()
-                if changed != set():  # re-read only what changed: the poller must not slow training
+                changed = self.study.poll()  # only what changed: polling must not slow training
+                if changed != set():
                     self.refresh(changed, reread=False)
             except Exception as e:  # a half-written file, a closed widget: try again next time
                 log.debug("dashboard refresh: %s", e)
