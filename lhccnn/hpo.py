@@ -306,7 +306,13 @@ def run_trials(view, store: Store, trial_ids, base: TrainConfig, data=None, retr
             return {view.apply_async(run_trial, str(store.root), t, base, data, n_test, work): t
                     for t in ids}
 
-    trial_ids = sorted(trial_ids, key=lambda t: -predicted_cost(base, store.config(t)))
+    def cost(t):
+        try:
+            return predicted_cost(base, store.config(t))
+        except (ValueError, TypeError):  # a config that cannot build: its own task fails it
+            return 0.0
+
+    trial_ids = sorted(trial_ids, key=cost, reverse=True)
     with DriverLock(store.root, holder="hpo.run_trials"), \
             tqdm(total=len(trial_ids), desc="trials", unit="trial", disable=not progress) as bar:
         futures, watched = submit(trial_ids), set()

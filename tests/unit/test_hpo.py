@@ -86,10 +86,11 @@ def test_trials_are_submitted_most_expensive_first(tmp_path):
     small, big = {"conv_sizes": (4, 8)}, {"conv_sizes": (16, 32, 64), "dense_sizes": (128,)}
     assert predicted_cost(base, big) > 10 * predicted_cost(base, small)
     store = Store(tmp_path)
-    ids = [store.create_trial(hp) for hp in (small, big, {"conv_sizes": (8, 16, 32)}, small)]
+    bad = {"conv_sizes": [4] * 7}  # cannot build: its own task fails it, the driver goes on
+    ids = [store.create_trial(hp) for hp in (small, bad, big, {"conv_sizes": (8, 16, 32)}, small)]
     view = _RecordingView()  # a stand-in that records the order of submission, runs nothing
     run_trials(view, store, ids, base, progress=False)
-    assert view.submitted == [ids[1], ids[2], ids[0], ids[3]]
+    assert view.submitted == [ids[2], ids[3], ids[0], ids[4], ids[1]]
 
 
 class _RecordingView:
