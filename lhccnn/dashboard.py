@@ -133,7 +133,7 @@ class Dashboard:
             try:
                 changed = self.study.poll()  # only what changed: polling must not slow training
                 if changed != set():
-                    self.refresh(changed, reread=False)
+                    self.show(changed)
             except Exception as e:  # a half-written file, a closed widget: try again next time
                 log.debug("dashboard refresh: %s", e)
 
@@ -145,12 +145,14 @@ class Dashboard:
         return pd.DataFrame(rows, index=pd.Index(sorted(self.study.rows), name="trial"),
                             columns=COLUMNS)
 
-    def refresh(self, changed=None, reread: bool = True) -> None:
-        """Update the table's changed cells, the curves and the scatter. `changed`: the trials
-        known to have changed (None: maybe all); `reread`: poll the store first."""
-        if reread:
-            polled = self.study.poll()
-            changed = None if changed is None or polled is None else set(changed) | polled
+    def refresh(self) -> None:
+        """Read what changed in the store; update the table, the curves and the scatter."""
+        self.study.poll()
+        self.show(None)
+
+    def show(self, changed) -> None:
+        """Show the table's rows as last polled: the cells of the `changed` trials that differ
+        (None: of every trial), then the curves and the scatter."""
         rows = self.study.rows
         if rows.keys() != self._shown.keys():
             self._shown = {t: _cells(rows[t]) for t in sorted(rows)}

@@ -99,7 +99,7 @@ def measure_study(root, n: int, changed: float = 0.01, seed: int = 0) -> dict:
         t = time.perf_counter()
         ids = dash.study.poll()
         store_s = time.perf_counter() - t
-        dash.refresh(ids, reread=False)
+        dash.show(ids)
         polls.append((store_s, time.perf_counter() - t, len(ids or ())))
     out["poll_store_s"] = float(np.median([p[0] for p in polls]))
     out["poll_s"] = float(np.median([p[1] for p in polls]))

@@ -113,6 +113,13 @@ def _per_epoch(rows: list[dict]) -> list[dict]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
+def _frame(rows: list[dict]):
+    """Summary rows as a pandas DataFrame indexed by trial."""
+    import pandas as pd
+
+    return pd.DataFrame(rows).set_index("trial") if rows else pd.DataFrame()
+
+
 class Store:
     """A study: `root/trials/<trial_id>/...`; see the module docstring for the state machine."""
 
@@ -249,10 +256,7 @@ class Store:
 
     def dataframe(self):
         """All trials as a pandas DataFrame, one row each (see `summary`)."""
-        import pandas as pd
-
-        rows = [self.summary(t) for t in self.trial_ids()]
-        return pd.DataFrame(rows).set_index("trial") if rows else pd.DataFrame()
+        return _frame([self.summary(t) for t in self.trial_ids()])
 
     # ------------------------------------------------------------------ liveness
     def heartbeat_age(self, trial_id: str) -> float | None:
@@ -483,10 +487,7 @@ class StudyTable:
         return changed
 
     def dataframe(self):
-        import pandas as pd
-
-        rows = [self.rows[t] for t in sorted(self.rows)]
-        return pd.DataFrame(rows).set_index("trial") if rows else pd.DataFrame()
+        return _frame([self.rows[t] for t in sorted(self.rows)])
 
 
 class Attempt:
