@@ -94,7 +94,7 @@ bench: env data slurm-start  ## benchmarks at full size (~45 min: PBT 19, scale 
 container:  ## build the image from the Dockerfile with podman (no daemon; makes its debian:12 base if no registry has it)
 	@recipes/minislurm/container.sh build
 
-container-test: env container  ## the built image: its mini SLURM, srun, Horovod, the unit tier and notebook smoke runs inside; nothing left here
+container-test: env container  ## the built image: its mini SLURM, srun, Horovod, the unit tier and notebook 01 inside; nothing left here
 	@LHCCNN_CONTAINER=1 LHCCNN_CONTAINER_TESTS="$(CONTAINER_TESTS)" $(PY) -m pytest -q -ra -s tests/container $(PYTEST_ARGS)
 
 clean: slurm-stop  ## stop SLURM, remove results and caches (keeps the environment and data)
