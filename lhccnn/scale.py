@@ -191,6 +191,48 @@ def allreduce_seconds(parameters: int = 137_089, repeats: int = 50) -> float | N
     return float(np.median(times)) if hvd.rank() == 0 else None
 
 
+# ---------------------------------------------------------------------------- the scheduler
+def task_overhead(view, n_tasks: int, sleep: float | None = None) -> dict:
+    """What a load-balanced view costs per task, two ways. `ms_per_task`: the wall time of
+    `n_tasks` empty tasks divided by their number, i.e. the serial cost of submitting, routing,
+    running and returning one task (the reciprocal of the throughput). `engine_gap_ms`: with
+    tasks that each sleep `sleep` s (default 20 ms per engine, so the controller is not
+    saturated), the wall time beyond n_tasks x sleep / E, per task and engine: how long an
+    engine waits between one task and the next."""
+    engines = len(view.client.ids)
+    sleep = 0.02 * engines if sleep is None else sleep
+    t = time.perf_counter()
+    results = [view.apply_async(_noop, i) for i in range(n_tasks)]
+    if [r.get(timeout=600) for r in results] != list(range(n_tasks)):
+        raise RuntimeError("empty tasks returned wrong results")
+    empty_s = time.perf_counter() - t
+    t = time.perf_counter()
+    results = [view.apply_async(time.sleep, sleep) for _ in range(n_tasks)]
+    for r in results:
+        r.get(timeout=600)
+    wall = time.perf_counter() - t
+    ideal = n_tasks * sleep / engines
+    return {"engines": engines, "tasks": n_tasks, "tasks_per_s": n_tasks / empty_s,
+            "ms_per_task": 1000 * empty_s / n_tasks, "sleep_s": sleep, "wall_s": wall,
+            "ideal_s": ideal, "engine_gap_ms": 1000 * (wall - ideal) * engines / n_tasks}
+
+
+def _noop(x):
+    return x
+
+
+def study_invariants(store: Store, epochs: int) -> dict:
+    """What a finished simulated study must show: every trial completed by its first attempt,
+    one metric row per epoch, no row lost or repeated."""
+    ids = store.trial_ids()
+    statuses = [store.status(t) for t in ids]
+    rows = [store.metric_rows(t) for t in ids]
+    return {"trials": len(ids),
+            "completed": sum(st.get("status") == "completed" for st in statuses),
+            "first_attempt": sum(st.get("attempt") == 1 for st in statuses),
+            "rows_ok": sum([r["epoch"] for r in rs] == list(range(1, epochs + 1)) for rs in rows)}
+
+
 USAGE = """usage: mpirun -np 2 python -m lhccnn.scale allreduce
            time one Horovod allreduce of the CNN's gradient (137,089 float32 values)
        python -m lhccnn.scale poll-once STUDY
