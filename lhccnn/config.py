@@ -36,7 +36,8 @@ class ModelConfig:
             raise ValueError(
                 f"conv_sizes {','.join(map(str, self.conv_sizes))} has {len(self.conv_sizes)} "
                 f"conv/pool blocks; each halves the {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} image, so at "
-                f"most {MAX_CONV_BLOCKS} fit")
+                f"most {MAX_CONV_BLOCKS} fit"
+            )
         if any(d < 1 for d in self.dense_sizes):
             raise ValueError(f"dense_sizes must be positive integers, got {self.dense_sizes}")
         if not 0.0 <= self.dropout < 1.0:
@@ -78,7 +79,7 @@ class TrainConfig:
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         """A copy with some fields changed; `model_*` keys change the model config."""
         model_changes = {k[6:]: changes.pop(k) for k in list(changes) if k.startswith("model_")}
         model = dataclasses.replace(self.model, **model_changes)
@@ -88,7 +89,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
         model = ModelConfig(**d.pop("model", {}))
         return cls(model=model, **d)

@@ -1,4 +1,4 @@
-"""Crash-safe file I/O in one place: atomic replace with fsync, tolerant line logs, locks, sha256."""
+"""Crash-safe file I/O in one place: atomic replace with fsync, tolerant line logs, lock, hashes."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ def temp_name(path: Path) -> Path:
     """A temp file beside `path` that no other writer can share: host, pid and a random part.
     Fixed temp names let two attempts (a retry beside a stale one) interleave their writes."""
     # the suffix stays last: Keras picks the file format (HDF5 for .h5) from it
-    return path.with_name(f".{path.stem}.{socket.gethostname()}.{os.getpid()}."
-                          f"{secrets.token_hex(4)}.tmp{path.suffix}")
+    return path.with_name(
+        f".{path.stem}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}"
+    )
 
 
 def fsync_dir(path: Path) -> None:

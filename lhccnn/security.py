@@ -22,8 +22,10 @@ def check_private(path) -> Path:
     path = Path(path)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        raise PermissionError(f"{path} is mode {mode:o}: other users could read the cluster's "
-                              "credentials; it must be readable by its owner only")
+        raise PermissionError(
+            f"{path} is mode {mode:o}: other users could read the cluster's "
+            "credentials; it must be readable by its owner only"
+        )
     return path
 
 
@@ -41,8 +43,11 @@ def dask_tls(directory):
     tmp = Security.temporary()
     cert = write_private(d / "dask-cert.pem", tmp.tls_scheduler_cert)
     key = write_private(d / "dask-key.pem", tmp.tls_scheduler_key)
-    roles = {f"tls_{role}_{kind}": str(path) for role in ("scheduler", "worker", "client")
-             for kind, path in (("cert", cert), ("key", key))}
+    roles = {
+        f"tls_{role}_{kind}": str(path)
+        for role in ("scheduler", "worker", "client")
+        for kind, path in (("cert", cert), ("key", key))
+    }
     return Security(require_encryption=True, tls_ca_file=str(cert), **roles)
 
 

@@ -28,30 +28,41 @@ for kwargs in ({}, {"security": Security.temporary()}):  # no credentials, or so
 
 
 def test_a_process_without_the_credentials_cannot_run_code_through_the_dask_scheduler(
-        local_engines, tmp_path):
+    local_engines, tmp_path
+):
     client = local_engines.dask()
     address = client.scheduler.address
     assert address.startswith("tls://127.0.0.1:")
     assert client.submit(lambda: 41 + 1).result() == 42  # the notebook itself can
     marker = tmp_path / "intruder-was-here"
-    out = subprocess.run([sys.executable, "-c", INTRUDER, address, str(marker)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", INTRUDER, address, str(marker)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and out.stdout.count("refused") == 4, out.stdout + out.stderr
     assert not marker.exists()
 
 
 def test_credentials_are_private_and_nothing_listens_beyond_loopback(local_engines):
-    client = local_engines.dask()
+    local_engines.dask()  # started for its key, certificate and listening port
     security, cid = Path(local_engines._ipp.profile_dir, "security"), local_engines._ipp.cluster_id
     files = [*security.glob(f"ipcontroller-{cid}-*.json"), *(security / f"dask-{cid}").glob("*")]
     assert sorted(f.suffix for f in files) == [".json", ".json", ".pem", ".pem"], files
     for f in files:  # IPyParallel's connection files and Dask's key and certificate
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
     pids = [os.getpid(), *local_engines.client[:].apply_sync(os.getpid)]
-    listening = [(p, c.laddr) for p in pids for c in psutil.Process(p).net_connections("inet")
-                 if c.status == psutil.CONN_LISTEN]
+    listening = [
+        (p, c.laddr)
+        for p in pids
+        for c in psutil.Process(p).net_connections("inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
     assert listening  # the scheduler, its dashboard and the workers do listen...
-    assert all(addr.ip in ("127.0.0.1", "::1") for _, addr in listening), listening  # ...on loopback
+    assert all(addr.ip in ("127.0.0.1", "::1") for _, addr in listening), (
+        listening
+    )  # ...on loopback
 
 
 def test_the_ipyparallel_controller_talks_only_curvezmq(local_engines):
