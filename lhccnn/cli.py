@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from .cluster import ClusterError
-from .config import REPO, notebooks
+from .config import REPO, notebook_parameters, notebooks
 from .pbt import PBTConfig
 
 
@@ -65,7 +65,7 @@ def run_notebooks(out: Path, smoke: bool = False, names=None) -> int:
                 out / src.name,
                 cwd=str(src.parent),
                 kernel_name="python3",
-                parameters={"smoke": True} if smoke else {},
+                parameters=notebook_parameters(src.stem, smoke),
                 progress_bar=sys.stderr.isatty(),  # cells done, in a terminal
                 log_output=False,
             )

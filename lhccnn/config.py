@@ -109,6 +109,46 @@ def notebooks() -> list[Path]:
     return sorted((REPO / "notebooks").glob("0*.ipynb"))
 
 
+# Each notebook's smoke run (CI, `make notebooks SMOKE=1`): the same steps at tiny sizes, passed
+# as papermill parameters, so that a parameter given beside them wins and the executed parameters
+# cell shows the values that ran.
+SMOKE = {
+    "01_cluster_startup": {"tasks": 20},
+    "02_horovod_scaling": {
+        "workers": [1, 2],
+        "main_workers": 2,
+        "epochs": 2,
+        "per_worker": 1024,
+        "n_val": 1024,
+        "warmup_epochs": 0.0,
+        "repeats": 1,
+    },
+    "03_random_search_hpo": {"n_trials": 4, "epochs": 2, "n_train": 1024, "n_val": 512},
+    "04_widget_hpo": {
+        "n_trials": 3,
+        "epochs": 6,
+        "n_train": 2048,
+        "n_val": 512,
+        "demo_steering": True,
+    },
+    "05_pbt_genetic": {
+        "population": 4,
+        "generations": 3,
+        "n_train": 1024,
+        "n_val": 512,
+        "compare_seeds": [0],
+    },
+}
+
+
+def notebook_parameters(name: str, smoke: bool = False, **given) -> dict:
+    """papermill parameters for notebooks/<name>.ipynb: with `smoke`, the smoke preset (and the
+    label smoke=True); those `given` override either."""
+    if smoke and name not in SMOKE:
+        raise ValueError(f"no smoke preset for notebook {name!r}; presets: {', '.join(SMOKE)}")
+    return {**({"smoke": True, **SMOKE[name]} if smoke else {}), **given}
+
+
 def data_dir() -> Path:
     """Where the dataset lives: $LHCCNN_DATA_DIR, else data/synthetic in the source checkout."""
     env = os.environ.get("LHCCNN_DATA_DIR")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lhccnn.config import notebooks, results_dir
+from lhccnn.config import notebook_parameters, notebooks, results_dir
 
 REPO = Path(__file__).resolve().parents[1]
 MINISLURM = REPO / "recipes" / "minislurm" / "minislurm.sh"
@@ -106,7 +106,7 @@ class SmokeRuns:
                     self.notebooks / f"{name}.ipynb",
                     cwd=str(REPO / "notebooks"),
                     kernel_name="python3",
-                    parameters={"smoke": True, "results_dir": str(self.results)},
+                    parameters=notebook_parameters(name, smoke=True, results_dir=str(self.results)),
                     progress_bar=False,
                 )
                 self._done[name] = self.notebooks / f"{name}.ipynb"

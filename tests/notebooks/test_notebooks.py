@@ -8,6 +8,7 @@ import papermill as pm
 import pytest
 
 from lhccnn import slurm as slurm_cli
+from lhccnn.config import SMOKE, notebook_parameters
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
@@ -15,22 +16,26 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 def run(name, tmp_path, **params):
     out = tmp_path / "results"
     pm.execute_notebook(NOTEBOOKS / name, tmp_path / name, cwd=str(NOTEBOOKS), kernel_name="python3",
-                        parameters={"smoke": True, "results_dir": str(out), **params},
+                        parameters=notebook_parameters(Path(name).stem, smoke=True,
+                                                       results_dir=str(out), **params),
                         progress_bar=False)
     return out
 
 
-def record_of(name, local, smoke_runs, tmp_path):
+def record_of(name, local, smoke_runs, tmp_path, **params):
     """The notebook's record: from the session's SLURM smoke run, or a run with local engines."""
     if not local:
         return smoke_runs.record(name), smoke_runs.results
-    out = run(f"{name}.ipynb", tmp_path, local=True)
+    out = run(f"{name}.ipynb", tmp_path, local=True, **params)
     return json.loads((out / f"{name}.json").read_text()), out
 
 
 @pytest.mark.parametrize("local", [False, True], ids=["slurm", "local"])
 def test_01_cluster_startup(local, slurm, smoke_runs, tmp_path):
-    rec, _ = record_of("01_cluster_startup", local, smoke_runs, tmp_path)
+    # locally, a parameter given beside the smoke preset must be the one used
+    given = {"tasks": 30} if local else {}
+    rec, _ = record_of("01_cluster_startup", local, smoke_runs, tmp_path, **given)
+    assert rec["tasks"] == (30 if local else SMOKE["01_cluster_startup"]["tasks"])
     assert rec["engines"] == 2 and rec["jobs_left"] == []
     assert 0 < rec["startup_seconds"] < 120 and 0 < rec["stop_seconds"] < 30
     assert sum(rec["engines_per_task_count"].values()) == rec["tasks"]
