@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +41,52 @@ def summary(run_dir: Path) -> int:
     return 0
 
 
+def _execute(pm, src: Path, out: Path, smoke: bool) -> None:
+    pm.execute_notebook(
+        src,
+        out / src.name,
+        cwd=str(src.parent),
+        kernel_name="python3",
+        parameters=notebook_parameters(src.stem, smoke),
+        progress_bar=sys.stderr.isatty(),  # cells done, in a terminal
+        log_output=False,
+    )
+
+
+def running_cell(executed: Path) -> tuple[int, int] | None:
+    """(number, of how many) of the code cell that papermill marks running in the copy it saves
+    after every cell, or None (not saved yet, or between cells)."""
+    try:
+        cells = [c for c in json.loads(executed.read_text())["cells"] if c["cell_type"] == "code"]
+    except (OSError, ValueError, KeyError):
+        return None
+    for i, c in enumerate(cells):
+        if c.get("metadata", {}).get("papermill", {}).get("status") == "running":
+            return i + 1, len(cells)
+    return None
+
+
+@contextlib.contextmanager
+def _still_running(executed: Path, since: float, quiet: bool, every: float = 60.0):
+    """Outside a terminal (CI, a batch job's log) say once a minute which cell is running, so
+    that minutes of silence do not look like a hang."""
+    done = threading.Event()
+
+    def report():
+        while not done.wait(every):
+            cell = running_cell(executed)
+            where = f"cell {cell[0]} of {cell[1]}" if cell else "between cells"
+            print(f"   ... {where} running, {time.perf_counter() - since:.0f} s", flush=True)
+
+    thread = None if quiet else threading.Thread(target=report, daemon=True)
+    if thread:
+        thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
 def run_notebooks(out: Path, smoke: bool = False, names=None) -> int:
     """Execute the notebooks in order with papermill into `out`; stop at the first failure and
     say which notebook and which cell failed (the executed copy in `out` shows the traceback)."""
@@ -60,15 +108,8 @@ def run_notebooks(out: Path, smoke: bool = False, names=None) -> int:
         print(f"== {src.name}" + (" (smoke)" if smoke else ""), flush=True)
         t = time.perf_counter()
         try:
-            pm.execute_notebook(
-                src,
-                out / src.name,
-                cwd=str(src.parent),
-                kernel_name="python3",
-                parameters=notebook_parameters(src.stem, smoke),
-                progress_bar=sys.stderr.isatty(),  # cells done, in a terminal
-                log_output=False,
-            )
+            with _still_running(out / src.name, t, quiet=sys.stderr.isatty()):
+                _execute(pm, src, out, smoke)
         except pm.PapermillExecutionError as e:
             print(
                 f"error: notebook {src.name} failed in cell {e.cell_index} (In [{e.exec_count}]): "

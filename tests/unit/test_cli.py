@@ -44,3 +44,24 @@ def test_the_lhccnn_command_lists_its_commands_and_hands_train_and_fetch_their_o
         assert option in out.stdout
     bad = subprocess.run([script, "trian"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "invalid choice: 'trian'" in bad.stderr
+
+
+def test_outside_a_terminal_the_notebook_runner_says_which_cell_is_running(tmp_path, capsys):
+    import json
+    import time
+
+    executed = tmp_path / "05.ipynb"
+    states = ["completed", "running", "pending"]  # as papermill saves them after each cell
+    cells = [{"cell_type": "markdown", "metadata": {}}] + [
+        {"cell_type": "code", "metadata": {"papermill": {"status": s}}} for s in states
+    ]
+    executed.write_text(json.dumps({"cells": cells}))
+    assert cli.running_cell(executed) == (2, 3)
+    assert cli.running_cell(tmp_path / "not-yet.ipynb") is None
+    with cli._still_running(executed, time.perf_counter(), quiet=False, every=0.05):
+        time.sleep(0.3)
+    said = capsys.readouterr().out
+    assert "... cell 2 of 3 running" in said
+    with cli._still_running(executed, time.perf_counter(), quiet=True, every=0.05):
+        time.sleep(0.2)  # in a terminal papermill's own progress bar says it
+    assert capsys.readouterr().out == ""
