@@ -39,6 +39,17 @@ def test_chapter_pages_show_their_figures_and_widgets(book_html, chapter):
         assert "application/vnd.jupyter.widget-state+json" in page
 
 
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapters_end_with_a_summary_and_exercises_and_the_footer_has_this_projects_year(
+    book_html, chapter
+):
+    html, _ = book_html
+    page = (html / "book" / "notebooks" / f"{chapter}.html").read_text()
+    headings = re.findall(r"<h2>([^<]+)<a", page)
+    assert headings[-2:] == ["Summary", "Exercises"], headings
+    assert re.search(r"©\s*(<a [^>]*>)?Copyright 2026", page) and "Copyright 2023" not in page
+
+
 def test_no_broken_internal_links(book_html):
     html, _ = book_html
     for page in html.rglob("*.html"):
