@@ -147,6 +147,8 @@ def book_html(smoke_runs):
         ignore=shutil.ignore_patterns("notebooks", "_build"),
         dirs_exist_ok=True,
     )
+    if not (root / "lhccnn").exists():  # the chapters include functions' source from the package
+        (root / "lhccnn").symlink_to(REPO / "lhccnn")
     env = {**os.environ, "LHCCNN_RESULTS": str(smoke_runs.results)}  # the benchmarks page reads it
     jb = Path(sys.executable).with_name("jupyter-book")
     out = subprocess.run(
