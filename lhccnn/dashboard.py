@@ -68,9 +68,7 @@ class Dashboard:
         poll: float = 1.0,
         n_test: int | None = 2048,
     ):
-        import bqplot as bq
         import ipywidgets as w
-        import qgridnext
 
         self.store, self.view, self.base, self.data = store, view, base or TrainConfig(), data
         self.poll, self.n_test = poll, n_test
@@ -82,12 +80,34 @@ class Dashboard:
         self.study = StudyTable(store)
         # what the grid shows now, a dict of cells per trial: refresh sends only the changes
         self._shown = {t: _cells(row) for t, row in sorted(self.study.rows.items())}
+        self._build_table()
+        self._build_curves()
+        self._build_scatter()
+        controls = self._build_controls()
+        self.widget = w.VBox(
+            [
+                self.table,
+                *controls,
+                w.HBox(
+                    [self.curves, w.VBox([self.hyper, self.scatter], layout=w.Layout(width="50%"))]
+                ),
+            ]
+        )
+
+    def _build_table(self) -> None:
+        """Every trial, one row each; selecting a row shows its curves and fills the form."""
+        import qgridnext
+
         self.table = qgridnext.show_grid(
             self.frame(), show_toolbar=False, grid_options=GRID_OPTIONS
         )
         self.table.on("selection_changed", self._on_select)
 
-        # the selected trial's curves: loss (left axis) and validation accuracy (right axis)
+    def _build_curves(self) -> None:
+        """The selected trial's curves: loss (left axis) and validation accuracy (right axis)."""
+        import bqplot as bq
+        import ipywidgets as w
+
         xs = bq.LinearScale()
         ys_loss, ys_acc = bq.LinearScale(), bq.LinearScale(min=0.4, max=1.0)
         self.loss_lines = bq.Lines(
@@ -120,7 +140,11 @@ class Dashboard:
             legend_location="top-right",
         )
 
-        # every trial: its best validation accuracy against a chosen hyper-parameter
+    def _build_scatter(self) -> None:
+        """Every trial: its best validation accuracy against a chosen hyper-parameter."""
+        import bqplot as bq
+        import ipywidgets as w
+
         self.hyper = w.Dropdown(options=NUMERIC_HYPER, value="lr", description="x axis")
         self._xscale_log, self._xscale_lin = bq.LogScale(), bq.LinearScale()
         ys = bq.LinearScale(min=0.4, max=1.0)
@@ -139,7 +163,10 @@ class Dashboard:
         )
         self.hyper.observe(lambda change: self._refresh_scatter(), "value")
 
-        # steering
+    def _build_controls(self) -> list:
+        """Steering: the three buttons, their message line, and the form they read."""
+        import ipywidgets as w
+
         self.stop_button = w.Button(description="Stop selected", button_style="danger", icon="stop")
         self.restart_button = w.Button(description="Restart selected", icon="refresh")
         self.add_button = w.Button(description="Add trial", button_style="success", icon="plus")
@@ -156,16 +183,10 @@ class Dashboard:
             lambda b: self._ui(self.restart, self.selected, **self._form())
         )
         self.add_button.on_click(lambda b: self._ui(self.add, self._form()))
-        self.widget = w.VBox(
-            [
-                self.table,
-                w.HBox([self.stop_button, self.restart_button, self.add_button, self.message]),
-                w.HBox([self.form_lr, self.form_dropout, self.form_opt]),
-                w.HBox(
-                    [self.curves, w.VBox([self.hyper, self.scatter], layout=w.Layout(width="50%"))]
-                ),
-            ]
-        )
+        return [
+            w.HBox([self.stop_button, self.restart_button, self.add_button, self.message]),
+            w.HBox([self.form_lr, self.form_dropout, self.form_opt]),
+        ]
 
     # ------------------------------------------------------------------ display and polling
     def _ipython_display_(self):
