@@ -282,9 +282,10 @@ def _member_model(mc, fresh: bool):
 
 # ---------------------------------------------------------------------------- the loop
 class PBT:
-    """A PBT run kept in `root`. New: give base, space and config. Existing: `PBT(root)` reads
-    them back and `run()` resumes at the first unfinished generation. `work`: simulated
-    training (lhccnn.simulate, scale benchmarks only), recorded in pbt.json."""
+    """A PBT run kept in `root`. `PBT.create(root, base, space, config)` starts a new one,
+    `PBT.open(root)` reads one back; `PBT(root, ...)` does whichever applies (a notebook run
+    again after its kernel died resumes). `run()` resumes at the first unfinished generation.
+    `work`: simulated training (lhccnn.simulate, scale benchmarks only), recorded in pbt.json."""
 
     def __init__(
         self,
@@ -298,36 +299,11 @@ class PBT:
         self.root = Path(root)
         self.store = Store(self.root)
         self.steering = Steering(self.root)
-        meta_path = self.root / "pbt.json"
-        meta = read_json(meta_path)
+        meta = read_json(self.root / "pbt.json")
         if meta is None:
-            space = validate_space(space or default_space())
-            meta = {
-                "base": (base or TrainConfig()).to_dict(),
-                "space": space_to_dict(space),
-                "config": dataclasses.asdict(config or PBTConfig()),
-                "data": str(data) if data else None,
-                "created": time.time(),
-                "work": work.to_dict() if work is not None else None,
-            }
-            write_json(meta_path, meta)
-            self.steering.set(
-                **{k: meta["config"][k] for k in ("mutation_rate", "crossover_rate", "population")},
-                paused=False,
-                stopped=False,
-            )
+            meta = self._write_new(base, space, config, data, work)
         else:
-            given = {
-                "base": base and base.to_dict(),
-                "space": space and space_to_dict(space),
-                "config": config and dataclasses.asdict(config),
-            }
-            for key, value in given.items():
-                if value is not None and json.loads(json.dumps(value)) != meta[key]:
-                    raise ValueError(
-                        f"{meta_path} already holds a PBT run with another {key}; "
-                        f"open it with PBT({str(self.root)!r}) or use a new directory"
-                    )
+            self._check_same(meta, base=base, space=space, config=config)
         self.base = TrainConfig.from_dict(meta["base"])
         self.space = space_from_dict(meta["space"])
         self.config = PBTConfig(**meta["config"])
@@ -335,6 +311,51 @@ class PBT:
         self.work = _work_from_dict(meta.get("work"))
         self._thread = None
         self._error = None
+
+    @classmethod
+    def create(cls, root, base=None, space=None, config=None, data=None, work=None) -> PBT:
+        """A new run in `root`; refuses a folder that already holds one."""
+        if (Path(root) / "pbt.json").exists():
+            raise FileExistsError(f"{Path(root) / 'pbt.json'}: a PBT run is already there")
+        return cls(root, base, space, config, data, work)
+
+    @classmethod
+    def open(cls, root) -> PBT:
+        """The run kept in `root`, as it was created; refuses a folder that holds none."""
+        if not (Path(root) / "pbt.json").exists():
+            raise FileNotFoundError(f"{Path(root) / 'pbt.json'}: no PBT run there")
+        return cls(root)
+
+    def _write_new(self, base, space, config, data, work) -> dict:
+        meta = {
+            "base": (base or TrainConfig()).to_dict(),
+            "space": space_to_dict(validate_space(space or default_space())),
+            "config": dataclasses.asdict(config or PBTConfig()),
+            "data": str(data) if data else None,
+            "created": time.time(),
+            "work": work.to_dict() if work is not None else None,
+        }
+        write_json(self.root / "pbt.json", meta)
+        self.steering.set(
+            **{k: meta["config"][k] for k in ("mutation_rate", "crossover_rate", "population")},
+            paused=False,
+            stopped=False,
+        )
+        return meta
+
+    def _check_same(self, meta: dict, **given) -> None:
+        """What the caller gave must be what the run on disk was created with."""
+        as_dicts = {
+            "base": given["base"] and given["base"].to_dict(),
+            "space": given["space"] and space_to_dict(given["space"]),
+            "config": given["config"] and dataclasses.asdict(given["config"]),
+        }
+        for key, value in as_dicts.items():
+            if value is not None and json.loads(json.dumps(value)) != meta[key]:
+                raise ValueError(
+                    f"{self.root / 'pbt.json'} already holds a PBT run with another {key}; "
+                    f"open it with PBT.open({str(self.root)!r}) or use a new directory"
+                )
 
     # -------------------------------------------------------------- reading the store
     def members(self, generation: int) -> list[str]:

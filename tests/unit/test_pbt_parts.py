@@ -201,3 +201,16 @@ def test_a_reused_model_gives_exactly_what_a_fresh_one_gives(tiny_data, tmp_path
     fresh, _ = _lineage(tmp_path / "b", tiny_data, [1, 0], clear_cache=True)
     assert reused == fresh
     assert len(set(models[2:])) == 2  # generations 1 and 2 reuse the two models of generation 0
+
+
+def test_create_refuses_an_existing_run_and_open_a_folder_without_one(tmp_path):
+    from lhccnn.config import smoke
+    from lhccnn.pbt import PBT
+
+    with pytest.raises(FileNotFoundError, match="pbt.json: no PBT run there"):
+        PBT.open(tmp_path / "run")
+    assert not (tmp_path / "run" / "pbt.json").exists()  # open made nothing
+    made = PBT.create(tmp_path / "run", smoke(), config=PBTConfig(population=3, seed=2))
+    with pytest.raises(FileExistsError, match="a PBT run is already there"):
+        PBT.create(tmp_path / "run", smoke(), config=PBTConfig(population=3, seed=2))
+    assert PBT.open(tmp_path / "run").config == made.config
