@@ -119,6 +119,41 @@ ENGINE_TEMPLATE = """#!/bin/bash
 """
 
 
+def _ipp_cluster(spec: ClusterSpec):
+    """IPyParallel's cluster for one of the three ways to launch engines: processes on this
+    machine, one local MPI job (mpirun), or a SLURM job. Returns it and the name of its engine
+    launcher (whose config takes the engines' command)."""
+    import ipyparallel as ipp
+
+    common = {"n": spec.n, "engine_timeout": int(spec.wait), "log_level": logging.WARNING}
+    if spec.local and spec.mpi:
+        ipp_cluster = ipp.Cluster(engines="mpi", controller_ip="127.0.0.1", **common)
+        ipp_cluster.config.MPIEngineSetLauncher.mpi_args = list(MPIRUN_FLAGS)
+        return ipp_cluster, "MPIEngineSetLauncher"
+    if spec.local:
+        ipp_cluster = ipp.Cluster(engines="local", controller_ip="127.0.0.1", **common)
+        return ipp_cluster, "LocalEngineSetLauncher"
+    _check_request(spec)  # SLURM's own verdict before anything is started
+    ipp_cluster = ipp.Cluster(
+        engines="slurm", controller_ip="*", controller_location=socket.gethostname(), **common
+    )
+    cfg = ipp_cluster.config.SlurmEngineSetLauncher
+    cfg.batch_template = ENGINE_TEMPLATE
+    # ipyparallel writes the script into the current directory unless told otherwise
+    cfg.batch_file_name = str(
+        Path(ipp_cluster.profile_dir, "log", f"slurm_engine-{ipp_cluster.cluster_id}.sbatch")
+    )
+    cfg.namespace = {
+        "nodes": spec.nodes,
+        "timelimit": spec.time,
+        "extra": _sbatch_extra(spec),
+        "launch": _launch_line(spec),
+    }
+    if spec.mpi:  # engine ids = MPI ranks (via mpi4py), as with ipyparallel's MPI launcher
+        cfg.engine_args = ["--mpi"]
+    return ipp_cluster, "SlurmEngineSetLauncher"
+
+
 # mpirun where ranks share cores with each other, the controller and TensorFlow on small machines:
 # no pinning, more ranks than slots allowed, and MPI's busy-polling yields the core when idle
 MPIRUN_FLAGS = (
@@ -196,47 +231,9 @@ class Cluster:
         Raises ClusterError (after cleaning up) if SLURM rejects the request, the allocation
         is still pending after `spec.wait`, or engines die or do not register in time.
         """
-        import ipyparallel as ipp
-
         spec = spec or ClusterSpec(**kwargs)
         t0 = time.monotonic()
-        if spec.local:
-            engines = "mpi" if spec.mpi else "local"
-            ipp_cluster = ipp.Cluster(
-                n=spec.n,
-                engines=engines,
-                controller_ip="127.0.0.1",
-                engine_timeout=int(spec.wait),
-                log_level=logging.WARNING,
-            )
-            if spec.mpi:
-                ipp_cluster.config.MPIEngineSetLauncher.mpi_args = list(MPIRUN_FLAGS)
-        else:
-            _check_request(spec)  # SLURM's own verdict before anything is started
-            ipp_cluster = ipp.Cluster(
-                n=spec.n,
-                engines="slurm",
-                controller_ip="*",
-                controller_location=socket.gethostname(),
-                engine_timeout=int(spec.wait),
-                log_level=logging.WARNING,
-            )
-            cfg = ipp_cluster.config.SlurmEngineSetLauncher
-            cfg.batch_template = ENGINE_TEMPLATE
-            # ipyparallel writes the script into the current directory unless told otherwise
-            cfg.batch_file_name = str(
-                Path(
-                    ipp_cluster.profile_dir, "log", f"slurm_engine-{ipp_cluster.cluster_id}.sbatch"
-                )
-            )
-            cfg.namespace = {
-                "nodes": spec.nodes,
-                "timelimit": spec.time,
-                "extra": _sbatch_extra(spec),
-                "launch": _launch_line(spec),
-            }
-            if spec.mpi:  # engine ids = MPI ranks (via mpi4py), as with ipyparallel's MPI launcher
-                cfg.engine_args = ["--mpi"]
+        ipp_cluster, launcher = _ipp_cluster(spec)
         # CurveZMQ: the controller's traffic with engines and clients is encrypted, and only a
         # holder of its public key (in the 0600 connection files) can talk to it
         ipp_cluster.controller_args = [
@@ -245,12 +242,7 @@ class Cluster:
         ]
         _quiet_signing_warning()
         if spec.python:
-            launcher_cfg = (
-                "MPIEngineSetLauncher"
-                if spec.local and spec.mpi
-                else ("LocalEngineSetLauncher" if spec.local else "SlurmEngineSetLauncher")
-            )
-            ipp_cluster.config[launcher_cfg].engine_cmd = [spec.python, "-m", "ipyparallel.engine"]
+            ipp_cluster.config[launcher].engine_cmd = [spec.python, "-m", "ipyparallel.engine"]
         # a busy engine (inside TensorFlow) ignores SIGTERM for a while: do not wait 5 s for it;
         # stop() kills what is left, so a kernel's shutdown window (5 s) suffices
         ipp_cluster.config.LocalProcessLauncher.stop_seconds_until_kill = 1
