@@ -573,16 +573,27 @@ class PBT:
         return ids
 
     def _run_generation(self, client, g: int, ids: list[str], progress: bool) -> None:
-        from distributed import wait
-        from tqdm.auto import tqdm
-
         t0 = time.perf_counter()
+        todo = self._members_to_train(ids)
+        self._train_members(client, g, len(ids), todo, progress)
+        self._finish_generation(client, g, ids, time.perf_counter() - t0)
+
+    def _members_to_train(self, ids: list[str]) -> list[str]:
+        """The members without a result; those that failed or were stopped in an earlier run
+        are queued again."""
         todo = [
             t for t in ids if self.store.status(t).get("status") not in ("completed", "diverged")
         ]
-        for t in todo:  # members that failed or were stopped in an earlier run: train them again
+        for t in todo:
             if self.store.status(t).get("status") in ("failed", "stopped"):
                 self.store.requeue(t)
+        return todo
+
+    def _train_members(self, client, g: int, size: int, todo: list[str], progress: bool) -> None:
+        """Train `todo` on the Dask workers, one member per free worker thread."""
+        from distributed import wait
+        from tqdm.auto import tqdm
+
         futures = {}
 
         def submit(t):
@@ -608,8 +619,8 @@ class PBT:
         pending = {submit(t) for t in todo[:slots]}
         waiting = todo[slots:]
         with tqdm(
-            total=len(ids),
-            initial=len(ids) - len(todo),
+            total=size,
+            initial=size - len(todo),
             desc=f"generation {g}",
             unit="member",
             disable=not progress,
@@ -628,21 +639,26 @@ class PBT:
                         "run() resumes it on a new cluster"
                     )
                 for f in done:
-                    t = futures[f]
                     if waiting:
                         pending.add(submit(waiting.pop(0)))
-                    try:
-                        st = f.result()
-                        for msg in st.get("warnings") or []:  # raised on the worker: say it here
-                            warnings.warn(f"{t}: {msg}", RuntimeWarning, stacklevel=2)
-                        bar.set_postfix_str(f"{t}: val_loss {st.get('val_loss', math.nan):.4f}")
-                    except (
-                        Exception
-                    ) as e:  # a member that keeps failing: fitness 0, the run goes on
-                        self.store.fail(t, f"{type(e).__name__}: {e}")
-                        log.warning("%s failed: %s", t, e)
-                    bar.update()
-        wall = time.perf_counter() - t0
+                    self._collect(f, futures[f], bar)
+
+    def _collect(self, future, trial_id: str, bar) -> None:
+        """A finished member's task: its warnings said here, its failure recorded (fitness 0,
+        the run goes on)."""
+        try:
+            st = future.result()
+            for msg in st.get("warnings") or []:  # raised on the worker: say it here
+                warnings.warn(f"{trial_id}: {msg}", RuntimeWarning, stacklevel=3)
+            bar.set_postfix_str(f"{trial_id}: val_loss {st.get('val_loss', math.nan):.4f}")
+        except Exception as e:  # a member that keeps failing
+            self.store.fail(trial_id, f"{type(e).__name__}: {e}")
+            log.warning("%s failed: %s", trial_id, e)
+        bar.update()
+
+    def _finish_generation(self, client, g: int, ids: list[str], wall: float) -> None:
+        """Record the generation's timing and mark it finished; refuse a generation in which no
+        member reached a finite figure of merit."""
         statuses = {t: self.store.status(t) for t in ids}
         if not any(math.isfinite(st.get("val_loss", math.nan)) for st in statuses.values()):
             # left unfinished: after the cause is fixed, run() trains these members again
