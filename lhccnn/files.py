@@ -50,8 +50,9 @@ def atomic_write(path, data: bytes | str) -> None:
     commit(tmp, path)
 
 
-def write_json(path, obj) -> None:
-    atomic_write(path, json.dumps(obj, default=float))
+def write_json(path, obj, indent: int | None = None) -> None:
+    """JSON through a temp file and rename: a crash never leaves half a file."""
+    atomic_write(path, json.dumps(obj, indent=indent, default=float))
 
 
 def read_json(path, default=None):

@@ -7,14 +7,13 @@ import hashlib
 import json
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
 
 from .config import LR_SCALING, OPTIMIZERS, ModelConfig, TrainConfig, data_dir, smoke
-from .files import atomic_write
+from .files import write_json
 
 log = logging.getLogger("lhccnn.train")  # not __main__ under python -m
 
@@ -45,94 +44,12 @@ def warm_up_worker() -> str:
     return tf.__version__
 
 
-def atomic_json(path: Path, obj) -> None:
-    """Write JSON through a temp file and rename, so a crash never leaves half a file."""
-    atomic_write(path, json.dumps(obj, indent=1, default=float))
-
-
 def weights_digest(model) -> str:
     """A short hash of all weights: equal on every rank when Horovod keeps them in sync."""
     h = hashlib.sha256()
     for w in model.get_weights():
         h.update(w.tobytes())
     return h.hexdigest()[:16]
-
-
-def _callbacks_module():
-    import tensorflow as tf
-
-    class WarmupLR(tf.keras.callbacks.Callback):
-        """Ramp the lr linearly from `start` to `target` over the first `epochs` epochs.
-
-        Large scaled learning rates applied from step one made the upstream 16- and 64-node
-        runs collapse to the majority class; the ramp (Goyal et al. 2017) avoids that.
-        """
-
-        def __init__(self, start, target, epochs, steps_per_epoch):
-            super().__init__()
-            self.start, self.target = start, target
-            self.total = max(1, int(round(epochs * steps_per_epoch)))
-            self.steps_per_epoch = steps_per_epoch
-            self.epoch = 0
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-        def on_train_batch_begin(self, batch, logs=None):
-            step = self.epoch * self.steps_per_epoch + batch
-            if step <= self.total:
-                lr = self.start + (self.target - self.start) * min(1.0, step / self.total)
-                tf.keras.backend.set_value(self.model.optimizer.lr, lr)
-
-        def on_epoch_end(self, epoch, logs=None):
-            if logs is not None:
-                logs["lr"] = float(tf.keras.backend.get_value(self.model.optimizer.lr))
-
-    class Throughput(tf.keras.callbacks.Callback):
-        """Samples/s of the training part of each epoch, all ranks together (no validation)."""
-
-        def __init__(self, samples_per_epoch):
-            super().__init__()
-            self.samples_per_epoch = samples_per_epoch
-            self.t0 = self.t_last = 0.0
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t0 = self.t_last = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.t_last = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            seconds = self.t_last - self.t0
-            if logs is not None:
-                logs["train_seconds"] = seconds
-                logs["samples_per_s"] = self.samples_per_epoch / seconds if seconds else 0.0
-
-    class EpochLog(tf.keras.callbacks.Callback):
-        """Rank 0: log each epoch; with an out_dir, atomically rewrite history, checkpoint."""
-
-        def __init__(self, out_dir: Path | None):
-            super().__init__()
-            self.out_dir = out_dir
-            self.history: list[dict] = []
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.history.append(
-                {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
-            )
-            if self.out_dir is not None:
-                atomic_json(self.out_dir / "history.json", self.history)
-                tmp = self.out_dir / "checkpoint.tmp.h5"
-                self.model.save_weights(str(tmp))
-                os.replace(tmp, self.out_dir / "checkpoint.h5")
-            log.info(
-                "epoch %d/%d: %s",
-                epoch + 1,
-                self.params.get("epochs", 0),
-                " ".join(f"{k}={v:.4g}" for k, v in self.history[-1].items() if k != "epoch"),
-            )
-
-    return WarmupLR, Throughput, EpochLog
 
 
 def collapsed(accuracy: float, majority_rate: float) -> bool:
@@ -309,7 +226,8 @@ def train(
         opt = hvd.DistributedOptimizer(opt)  # Horovod: average gradients across ranks
     model = build_model(mc, optimizer=opt)
 
-    WarmupLR, Throughput, EpochLog = _callbacks_module()
+    from .callbacks import EpochLog, Throughput, WarmupLR  # imports TensorFlow
+
     cbs = []
     if use_horovod:
         cbs += [
@@ -323,8 +241,10 @@ def train(
     if rank == 0:  # rank-0-only side effects: the log and the files
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            atomic_json(
-                out / "config.json", {**config.to_dict(), "ranks": size, "target_lr": target_lr}
+            write_json(
+                out / "config.json",
+                {**config.to_dict(), "ranks": size, "target_lr": target_lr},
+                indent=1,
             )
         cbs.append(EpochLog(out))
     cbs += list(callbacks or [])
@@ -351,7 +271,8 @@ def train(
         val_acc = history.get("val_accuracy", [0.0])[-1]
         result["collapsed"] = collapsed(val_acc, result["test"]["majority_rate"])
         if out is not None:
-            atomic_json(out / "metrics.json", {k: v for k, v in result.items() if k != "history"})
+            metrics = {k: v for k, v in result.items() if k != "history"}
+            write_json(out / "metrics.json", metrics, indent=1)
             model.save_weights(str(out / "model.h5"))
     return result
 

@@ -59,9 +59,8 @@ def test_warmup_ramps_lr_linearly_to_the_scaled_value():
     import numpy as np
     import tensorflow as tf
 
-    from lhccnn.train import _callbacks_module
+    from lhccnn.callbacks import WarmupLR
 
-    WarmupLR, _, _ = _callbacks_module()
     model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])
     model.compile(optimizer=tf.keras.optimizers.legacy.SGD(1e-3), loss="mse")
     seen = []
