@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .cluster import ClusterError
 from .config import REPO, notebook_parameters, notebooks
-from .pbt import PBTConfig
+from .pbt import PBTConfig, member_config
 
 
 def summary(run_dir: Path) -> int:
@@ -147,7 +147,7 @@ def run_pbt(a) -> int:
     same root resumes it. Ctrl-C (or SIGTERM) cancels the worker jobs and keeps what finished."""
     import signal
 
-    from .config import TrainConfig, data_dir
+    from .config import data_dir
     from .data import validate_file
     from .jobqueue import SlurmDask
     from .pbt import PBT, GenerationFailed
@@ -177,14 +177,9 @@ def run_pbt(a) -> int:
             check_data(run.data)
         else:
             check_data(a.data)
-            base = TrainConfig(
-                n_train=a.n_train or 4096,
-                n_val=a.n_val or 1024,
-                batch_size=64,
-                epochs=1,
-                warmup_epochs=0.0,
-                intra_threads=a.cpus or 1,
-            )  # one member at a time per worker job
+            base = member_config(  # one member at a time per worker job
+                n_train=a.n_train or 4096, n_val=a.n_val or 1024, intra_threads=a.cpus or 1
+            )
             run = PBT(a.root, base, None, PBTConfig(**given), a.data)
         print(
             f"PBT run {a.root}: {dataclasses.asdict(run.config)}; "

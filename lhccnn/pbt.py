@@ -42,6 +42,15 @@ def default_space() -> dict:
     return search_space.default_space(LINEAGE)
 
 
+def member_config(n_train: int = 4096, n_val: int = 1024, **changes) -> TrainConfig:
+    """A PBT member's training, shared by notebook 05, `lhccnn pbt` and the benchmarks: batch 64,
+    no learning-rate warm-up (a member continues from weights it inherited), one epoch per call
+    (PBTConfig.epochs_per_generation says how many calls make a generation)."""
+    return TrainConfig(
+        n_train=n_train, n_val=n_val, batch_size=64, epochs=1, warmup_epochs=0.0, **changes
+    )
+
+
 @dataclass(frozen=True)
 class PBTConfig:
     """A run's shape. The paper: population 100, 100 generations, mutation 0.05, crossover 0.33;

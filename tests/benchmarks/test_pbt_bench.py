@@ -6,14 +6,11 @@ smaller population, on half the events, over three seeds, to keep CI short."""
 import os
 import statistics
 
-from lhccnn.config import TrainConfig
-from lhccnn.pbt import PBT, PBTConfig, compare_with_random_search
+from lhccnn.pbt import PBT, PBTConfig, compare_with_random_search, member_config
 
 TARGETS = {"pbt_wins_seeds_0_2": ">= 2 (of 3)", "overhead_fraction_max": "<= 0.05"}
 FULL = os.environ.get("LHCCNN_BENCH") == "full"
-BASE = TrainConfig(
-    n_train=4096 if FULL else 2048, n_val=1024, batch_size=64, epochs=1, warmup_epochs=0.0
-)
+BASE = member_config(n_train=4096 if FULL else 2048, n_val=1024)
 CONFIG = PBTConfig(population=8, generations=6) if FULL else PBTConfig(population=6, generations=4)
 SEEDS = range(6) if FULL else range(3)
 
