@@ -14,6 +14,7 @@ from pathlib import Path
 from .cluster import ClusterError
 from .config import REPO, notebook_parameters, notebooks
 from .pbt import PBTConfig, member_config
+from .security import private_kernel_manager
 
 
 def summary(run_dir: Path) -> int:
@@ -50,6 +51,7 @@ def _execute(pm, src: Path, out: Path, smoke: bool) -> None:
         parameters=notebook_parameters(src.stem, smoke),
         progress_bar=sys.stderr.isatty(),  # cells done, in a terminal
         log_output=False,
+        kernel_manager_class=private_kernel_manager(),
     )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lhccnn.config import notebook_parameters, notebooks, results_dir
+from lhccnn.security import private_kernel_manager
 
 REPO = Path(__file__).resolve().parents[1]
 MINISLURM = REPO / "recipes" / "minislurm" / "minislurm.sh"
@@ -107,6 +108,7 @@ class SmokeRuns:
                     cwd=str(REPO / "notebooks"),
                     kernel_name="python3",
                     parameters=notebook_parameters(name, smoke=True, results_dir=str(self.results)),
+                    kernel_manager_class=private_kernel_manager(),
                     progress_bar=False,
                 )
                 self._done[name] = self.notebooks / f"{name}.ipynb"

@@ -1,6 +1,7 @@
 """The control plane is private: Dask on the engines needs this cluster's TLS credentials, which
 only the user can read, and nothing listens beyond loopback for local engines."""
 
+import json
 import os
 import stat
 import subprocess
@@ -75,3 +76,30 @@ def test_the_ipyparallel_controller_talks_only_curvezmq(local_engines):
         info = json.loads(f.read_text())
         assert info["curve_serverkey"] and stat.S_IMODE(f.stat().st_mode) == 0o600, f
     assert local_engines.client[:].apply_sync(abs, -1) == [1, 1]
+
+
+def test_notebook_runs_kernels_listen_on_private_unix_sockets_not_tcp(tmp_path):
+    import nbformat
+    import papermill as pm
+
+    from lhccnn.security import private_kernel_manager
+
+    probe = (
+        "import json, os, stat\n"
+        "from ipykernel.connect import get_connection_info\n"
+        "info = get_connection_info(unpack=True)\n"
+        "folder = os.path.dirname(info['ip'])\n"
+        "print(json.dumps([info['transport'], oct(stat.S_IMODE(os.stat(folder).st_mode))]))"
+    )
+    nbformat.write(
+        nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(probe)]), tmp_path / "a.ipynb"
+    )
+    pm.execute_notebook(
+        tmp_path / "a.ipynb",
+        tmp_path / "b.ipynb",
+        kernel_name="python3",
+        progress_bar=False,
+        kernel_manager_class=private_kernel_manager(),
+    )
+    out = nbformat.read(tmp_path / "b.ipynb", as_version=4).cells[0].outputs[0]["text"]
+    assert json.loads(out) == ["ipc", "0o700"], out

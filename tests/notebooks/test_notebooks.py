@@ -9,16 +9,22 @@ import pytest
 
 from lhccnn import slurm as slurm_cli
 from lhccnn.config import SMOKE, notebook_parameters
+from lhccnn.security import private_kernel_manager
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
 def run(name, tmp_path, **params):
     out = tmp_path / "results"
-    pm.execute_notebook(NOTEBOOKS / name, tmp_path / name, cwd=str(NOTEBOOKS), kernel_name="python3",
-                        parameters=notebook_parameters(Path(name).stem, smoke=True,
-                                                       results_dir=str(out), **params),
-                        progress_bar=False)
+    pm.execute_notebook(
+        NOTEBOOKS / name,
+        tmp_path / name,
+        cwd=str(NOTEBOOKS),
+        kernel_name="python3",
+        parameters=notebook_parameters(Path(name).stem, smoke=True, results_dir=str(out), **params),
+        progress_bar=False,
+        kernel_manager_class=private_kernel_manager(),
+    )
     return out
 
 
@@ -51,7 +57,11 @@ def test_02_horovod_scaling(local, slurm, smoke_runs, tiny_data, tmp_path, monke
     assert main["size"] == 2 and len(main["history"]["loss"]) == 2
     assert main["test"]["auc"] > 0.55  # 2 smoke epochs: learning, not converged
     assert sorted((r["mode"], r["workers"]) for r in rec["rows"]) == [
-        ("batch", 1), ("batch", 2), ("notebook", 1), ("notebook", 2)]
+        ("batch", 1),
+        ("batch", 2),
+        ("notebook", 1),
+        ("notebook", 2),
+    ]
     for ratio in rec["ratios"]["notebook_over_batch"].values():
         assert 0.3 < ratio < 3  # sanity only; the measured figures are in the non-smoke run
     assert (out / "02_horovod_main" / "model.h5").exists()

@@ -102,7 +102,8 @@ def test_notebook_05_reproduces_its_reference_outputs(tiny_data, tmp_path):
             )
         expected = json.loads(REFERENCE.read_text())
         assert [c["source"] for c in expected] == code_of(nb), (
-            "notebooks/05_pbt_genetic.ipynb changed: regenerate the reference (see this module's docstring)"
+            "notebooks/05_pbt_genetic.ipynb changed: regenerate the reference "
+            "(see this module's docstring)"
         )
         for cell, ref in zip((c for c in nb.cells if c.cell_type == "code"), expected):
             cell.outputs = [nbformat.from_dict(o) for o in ref["outputs"]]
