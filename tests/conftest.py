@@ -3,17 +3,16 @@ and benchmark records (results/<name>.json with the machine, targets and figures
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from lhccnn.config import notebook_parameters, notebooks, results_dir
+from lhccnn import results
+from lhccnn.config import notebook_parameters, notebooks
 from lhccnn.security import private_kernel_manager
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,31 +29,10 @@ TINY = {"train": 2048, "val": 512, "test": 512}
 BOOK_CHAPTERS = [p.stem for p in notebooks()]
 
 
-def _write_record(name: str, title: str, targets: dict, figures: dict) -> None:
-    """results/<name>.json with the machine, the targets and the figures; a table on stdout."""
-    out = results_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    machine = {
-        "cpus": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "load_average_1_5_15_min": os.getloadavg(),
-    }  # other work on the machine
-    (out / f"{name}.json").write_text(
-        json.dumps(
-            {"machine": machine, "targets": targets, "figures": figures}, indent=1, default=float
-        )
-    )
-    width = max(map(len, figures), default=0)
-    print(f"\n{title} (results/{name}.json):")
-    for k, v in figures.items():
-        value = f"{v:10.3f}" if isinstance(v, float) else str(v)
-        print(f"  {k:<{width}}  {value}" + (f"   (target {targets[k]})" if k in targets else ""))
-
-
 @pytest.fixture(scope="session")
 def write_record():
-    return _write_record
+    """write_record(name, title, targets, figures): results/<name>.json and a table on stdout."""
+    return results.write_bench
 
 
 @pytest.fixture(scope="session")
@@ -124,10 +102,9 @@ class SmokeRuns:
         return self._done[name]
 
     def record(self, name: str) -> dict:
-        import json
 
         self(name)
-        return json.loads((self.results / f"{name}.json").read_text())
+        return results.read(name, self.results)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from lhccnn.config import data_dir
 # train.py, which reports the median of the later epochs. make test runs a smaller size: on a
 # slower 2-core machine (600 samples/s) the full one took 11 of make test's minutes.
 FULL = os.environ.get("LHCCNN_BENCH") == "full"
-EVENTS_PER_RANK, EPOCHS, REPEATS = (8192, 4, 3) if FULL else (4096, 3, 2)
+EVENTS_PER_RANK, EPOCHS, REPEATS = (8192, 4, 3) if FULL else (2048, 3, 2)
 TARGETS = {"horovod_2x1_efficiency": 0.90, "streaming_over_memory": 0.95}
 RECORD: dict = {}
 

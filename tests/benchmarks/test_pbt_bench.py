@@ -1,7 +1,8 @@
 """PBT benchmarks (issue 5), recorded in results/bench_pbt.json: PBT against random search at
 equal compute and the loop's overhead per generation. `make bench`: notebook 05's default size
 over six seeds (the target is for the first three, the notebook's); inside `make test` (CI) a
-smaller population, on half the events, over three seeds, to keep CI short."""
+population of 4 for 3 generations, on a quarter of the events, over three seeds, to keep
+CI short."""
 
 import os
 import statistics
@@ -10,8 +11,8 @@ from lhccnn.pbt import PBT, PBTConfig, compare_with_random_search, member_config
 
 TARGETS = {"pbt_wins_seeds_0_2": ">= 2 (of 3)", "overhead_fraction_max": "<= 0.05"}
 FULL = os.environ.get("LHCCNN_BENCH") == "full"
-BASE = member_config(n_train=4096 if FULL else 2048, n_val=1024)
-CONFIG = PBTConfig(population=8, generations=6) if FULL else PBTConfig(population=6, generations=4)
+BASE = member_config(n_train=4096 if FULL else 1024, n_val=1024)
+CONFIG = PBTConfig(population=8, generations=6) if FULL else PBTConfig(population=4, generations=3)
 SEEDS = range(6) if FULL else range(3)
 
 
