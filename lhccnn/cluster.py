@@ -44,7 +44,7 @@ def _quiet_signing_warning() -> None:
 
 
 # an IPyParallel or Dask client -> the Cluster whose allocation runs its work
-_ALLOCATIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_ALLOCATIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def allocation_ended(client) -> str | None:
@@ -69,7 +69,9 @@ class ClusterSpec:
     mpi: bool = False  # engines as one MPI job, so that Horovod can hvd.init() across them
     wait: float = 120.0  # seconds to wait for the allocation and every engine
     local: bool = False  # engines on this machine, no SLURM, controller on loopback only
-    launcher: str | None = None  # how an MPI job starts: srun | mpirun; default $LHCCNN_LAUNCHER or srun
+    launcher: str | None = (
+        None  # how an MPI job starts: srun | mpirun; default $LHCCNN_LAUNCHER or srun
+    )
     python: str | None = None  # the interpreter that runs the engines; default: this one
 
     def __post_init__(self):
@@ -78,8 +80,10 @@ class ClusterSpec:
         if self.engines is not None and self.engines < 1:
             raise ValueError(f"engines must be >= 1, got {self.engines}")
         if not self.local and self.engines is not None and self.engines < self.nodes:
-            raise ValueError(f"{self.engines} engines cannot fill {self.nodes} nodes: "
-                             "ask for at least one engine per node")
+            raise ValueError(
+                f"{self.engines} engines cannot fill {self.nodes} nodes: "
+                "ask for at least one engine per node"
+            )
         if self.wait <= 0:
             raise ValueError(f"wait must be > 0 seconds, got {self.wait}")
         if self.launch_command not in ("srun", "mpirun"):
@@ -115,12 +119,53 @@ ENGINE_TEMPLATE = """#!/bin/bash
 """
 
 
+def _ipp_cluster(spec: ClusterSpec):
+    """IPyParallel's cluster for one of the three ways to launch engines: processes on this
+    machine, one local MPI job (mpirun), or a SLURM job. Returns it and the name of its engine
+    launcher (whose config takes the engines' command)."""
+    import ipyparallel as ipp
+
+    common = {"n": spec.n, "engine_timeout": int(spec.wait), "log_level": logging.WARNING}
+    if spec.local and spec.mpi:
+        ipp_cluster = ipp.Cluster(engines="mpi", controller_ip="127.0.0.1", **common)
+        ipp_cluster.config.MPIEngineSetLauncher.mpi_args = list(MPIRUN_FLAGS)
+        return ipp_cluster, "MPIEngineSetLauncher"
+    if spec.local:
+        ipp_cluster = ipp.Cluster(engines="local", controller_ip="127.0.0.1", **common)
+        return ipp_cluster, "LocalEngineSetLauncher"
+    _check_request(spec)  # SLURM's own verdict before anything is started
+    ipp_cluster = ipp.Cluster(
+        engines="slurm", controller_ip="*", controller_location=socket.gethostname(), **common
+    )
+    cfg = ipp_cluster.config.SlurmEngineSetLauncher
+    cfg.batch_template = ENGINE_TEMPLATE
+    # ipyparallel writes the script into the current directory unless told otherwise
+    cfg.batch_file_name = str(
+        Path(ipp_cluster.profile_dir, "log", f"slurm_engine-{ipp_cluster.cluster_id}.sbatch")
+    )
+    cfg.namespace = {
+        "nodes": spec.nodes,
+        "timelimit": spec.time,
+        "extra": _sbatch_extra(spec),
+        "launch": _launch_line(spec),
+    }
+    if spec.mpi:  # engine ids = MPI ranks (via mpi4py), as with ipyparallel's MPI launcher
+        cfg.engine_args = ["--mpi"]
+    return ipp_cluster, "SlurmEngineSetLauncher"
+
+
+# mpirun where ranks share cores with each other, the controller and TensorFlow on small machines:
+# no pinning, more ranks than slots allowed, and MPI's busy-polling yields the core when idle
+MPIRUN_FLAGS = (
+    "--bind-to", "none", "--oversubscribe", "--mca", "mpi_yield_when_idle", "1"
+)  # fmt: skip
+
+
 def _launch_line(spec: ClusterSpec) -> str:
     # Engines that are not one MPI job always start with srun: under mpirun, one engine's death
     # would take all the others down with it (an HPO wants them independent).
     if spec.mpi and spec.launch_command == "mpirun":
-        # yield: engines share cores with each other and the controller on small machines
-        return f"mpirun -np {spec.n} --bind-to none --mca mpi_yield_when_idle 1"
+        return f"mpirun -np {spec.n} {' '.join(MPIRUN_FLAGS)}"
     if spec.mpi:  # one rank's death must end the job, not leave the others hanging in MPI
         return "srun --cpu-bind=none --kill-on-bad-exit=1"
     return "srun --cpu-bind=none"  # the site's default MPI plugin (cray_shasta on Perlmutter)
@@ -128,16 +173,28 @@ def _launch_line(spec: ClusterSpec) -> str:
 
 def sbatch_options(spec: ClusterSpec) -> list[str]:
     """The site options of a spec as sbatch flags (constraint, qos, partition, account)."""
-    opts = [("--constraint", spec.constraint), ("--qos", spec.qos),
-            ("--partition", spec.partition), ("--account", spec.account)]
+    opts = [
+        ("--constraint", spec.constraint),
+        ("--qos", spec.qos),
+        ("--partition", spec.partition),
+        ("--account", spec.account),
+    ]
     return [f"{k}={v}" for k, v in opts if v]
 
 
 def _check_request(spec: ClusterSpec) -> None:
     """Ask SLURM whether it would accept the engines' job (sbatch --test-only submits nothing)."""
     try:
-        slurm.run("sbatch", "--test-only", f"--nodes={spec.nodes}", f"--ntasks={spec.n}",
-                  f"--time={spec.time}", *sbatch_options(spec), "--wrap", "true")
+        slurm.run(
+            "sbatch",
+            "--test-only",
+            f"--nodes={spec.nodes}",
+            f"--ntasks={spec.n}",
+            f"--time={spec.time}",
+            *sbatch_options(spec),
+            "--wrap",
+            "true",
+        )
     except slurm.SlurmError as e:
         raise ClusterError(f"SLURM rejected the request: {e}") from None
 
@@ -168,46 +225,24 @@ class Cluster:
 
     # ------------------------------------------------------------------------------ start
     @classmethod
-    def start(cls, spec: ClusterSpec | None = None, activate: bool = False, **kwargs) -> "Cluster":
+    def start(cls, spec: ClusterSpec | None = None, activate: bool = False, **kwargs) -> Cluster:
         """Allocate, start controller and engines, wait for every engine, connect.
 
         Raises ClusterError (after cleaning up) if SLURM rejects the request, the allocation
         is still pending after `spec.wait`, or engines die or do not register in time.
         """
-        import ipyparallel as ipp
-
         spec = spec or ClusterSpec(**kwargs)
         t0 = time.monotonic()
-        if spec.local:
-            engines = "mpi" if spec.mpi else "local"
-            ipp_cluster = ipp.Cluster(n=spec.n, engines=engines, controller_ip="127.0.0.1",
-                                      engine_timeout=int(spec.wait), log_level=logging.WARNING)
-            if spec.mpi:
-                ipp_cluster.config.MPIEngineSetLauncher.mpi_args = [
-                    "--bind-to", "none", "--oversubscribe", "--mca", "mpi_yield_when_idle", "1"]
-        else:
-            _check_request(spec)  # SLURM's own verdict before anything is started
-            ipp_cluster = ipp.Cluster(n=spec.n, engines="slurm", controller_ip="*",
-                                      controller_location=socket.gethostname(),
-                                      engine_timeout=int(spec.wait), log_level=logging.WARNING)
-            cfg = ipp_cluster.config.SlurmEngineSetLauncher
-            cfg.batch_template = ENGINE_TEMPLATE
-            # ipyparallel writes the script into the current directory unless told otherwise
-            cfg.batch_file_name = str(Path(ipp_cluster.profile_dir, "log",
-                                           f"slurm_engine-{ipp_cluster.cluster_id}.sbatch"))
-            cfg.namespace = {"nodes": spec.nodes, "timelimit": spec.time,
-                             "extra": _sbatch_extra(spec), "launch": _launch_line(spec)}
-            if spec.mpi:  # engine ids = MPI ranks (via mpi4py), as with ipyparallel's MPI launcher
-                cfg.engine_args = ["--mpi"]
+        ipp_cluster, launcher = _ipp_cluster(spec)
         # CurveZMQ: the controller's traffic with engines and clients is encrypted, and only a
         # holder of its public key (in the 0600 connection files) can talk to it
-        ipp_cluster.controller_args = [*ipp_cluster.controller_args,
-                                       "--IPController.enable_curve=True"]
+        ipp_cluster.controller_args = [
+            *ipp_cluster.controller_args,
+            "--IPController.enable_curve=True",
+        ]
         _quiet_signing_warning()
         if spec.python:
-            launcher_cfg = "MPIEngineSetLauncher" if spec.local and spec.mpi else (
-                "LocalEngineSetLauncher" if spec.local else "SlurmEngineSetLauncher")
-            ipp_cluster.config[launcher_cfg].engine_cmd = [spec.python, "-m", "ipyparallel.engine"]
+            ipp_cluster.config[launcher].engine_cmd = [spec.python, "-m", "ipyparallel.engine"]
         # a busy engine (inside TensorFlow) ignores SIGTERM for a while: do not wait 5 s for it;
         # stop() kills what is left, so a kernel's shutdown window (5 s) suffices
         ipp_cluster.config.LocalProcessLauncher.stop_seconds_until_kill = 1
@@ -233,8 +268,9 @@ class Cluster:
         self.started_seconds = time.monotonic() - t0
         if not spec.local:
             _ALLOCATIONS[self.client] = self
-            threading.Thread(target=self._watch_allocation, daemon=True,
-                             name=f"lhccnn-watch-{self.job_id}").start()
+            threading.Thread(
+                target=self._watch_allocation, daemon=True, name=f"lhccnn-watch-{self.job_id}"
+            ).start()
         self.view = self.client[:]
         self.view.block = True
         if activate:
@@ -250,15 +286,18 @@ class Cluster:
     def _start_watchdog(self) -> None:
         """A detached process that stops all this if the driver (this kernel) dies hard."""
         ipp, security = self._ipp, Path(self._ipp.profile_dir, "security")
-        paths = [ipp.cluster_file] + [security / f"ipcontroller-{ipp.cluster_id}-{kind}.json"
-                                      for kind in ("client", "engine")]
+        paths = [ipp.cluster_file] + [
+            security / f"ipcontroller-{ipp.cluster_id}-{kind}.json" for kind in ("client", "engine")
+        ]
         if not self.spec.local:
             paths.append(ipp.config.SlurmEngineSetLauncher.batch_file_name)
         self._watchdog = Watchdog.start(
             Path(ipp.profile_dir, "log", f"watchdog-{ipp.cluster_id}.json"),
             # by name too: sbatch may have queued the job before we learn its id
             job_names=[] if self.spec.local else [self.job_name],
-            processes=self._launcher_pids(), paths=paths)
+            processes=self._launcher_pids(),
+            paths=paths,
+        )
 
     def _launcher_pids(self) -> list[int]:
         """Pids of the controller and of local engine launchers (a SLURM batch launcher has
@@ -292,25 +331,32 @@ class Cluster:
                 if state != "RUNNING" and state not in slurm.DONE_STATES and waited > spec.wait:
                     raise ClusterError(
                         f"SLURM job {self.job_id} still {state.lower()} after {spec.wait:.0f} s "
-                        f"(reason: {info.get('Reason')}): cancelled")
+                        f"(reason: {info.get('Reason')}): cancelled"
+                    )
                 if state in slurm.DONE_STATES:
                     raise ClusterError(
                         f"the engines' job {self.job_id} ended {state} before all engines "
                         f"registered ({len(self.client.ids)}/{spec.n});"
-                        f" its log ends:\n{self._log_tail()}")
+                        f" its log ends:\n{self._log_tail()}"
+                    )
                 if state == "RUNNING" and started_running is None:
                     started_running = time.monotonic()
                 if started_running and time.monotonic() - started_running > spec.wait:
                     raise ClusterError(
                         f"only {len(self.client.ids)}/{spec.n} engines registered within "
                         f"{spec.wait:.0f} s of job {self.job_id} starting; its log ends:\n"
-                        f"{self._log_tail()}")
+                        f"{self._log_tail()}"
+                    )
             else:
                 if es is not None and es.state == "after":
-                    raise ClusterError(f"the engines exited before registering; log:\n{self._log_tail()}")
+                    raise ClusterError(
+                        f"the engines exited before registering; log:\n{self._log_tail()}"
+                    )
                 if waited > spec.wait:
-                    raise ClusterError(f"only {len(self.client.ids)}/{spec.n} engines registered "
-                                       f"within {spec.wait:.0f} s; log:\n{self._log_tail()}")
+                    raise ClusterError(
+                        f"only {len(self.client.ids)}/{spec.n} engines registered "
+                        f"within {spec.wait:.0f} s; log:\n{self._log_tail()}"
+                    )
             time.sleep(0.2)
 
     def _log_tail(self, lines: int = 15) -> str:
@@ -355,8 +401,12 @@ class Cluster:
 
     def status(self) -> dict:
         """Job id and state, nodes, and every engine's host and pid."""
-        info = {"job_id": self.job_id, "state": "LOCAL" if self.spec.local else None,
-                "nodes": None, "engines": []}
+        info = {
+            "job_id": self.job_id,
+            "state": "LOCAL" if self.spec.local else None,
+            "nodes": None,
+            "engines": [],
+        }
         ended = False
         if self.job_id and not self.stopped:
             try:
@@ -370,8 +420,11 @@ class Cluster:
                 else:
                     info["state"] = f"unknown ({e})"
         if ended:
-            log.warning("the engines' job %s ended (%s) outside this cluster's control",
-                        self.job_id, info["state"])
+            log.warning(
+                "the engines' job %s ended (%s) outside this cluster's control",
+                self.job_id,
+                info["state"],
+            )
         elif self.client is not None and not self.stopped:  # a dead job's engines never answer
             ids = list(self.client.ids)
             if ids:
@@ -395,18 +448,29 @@ class Cluster:
             from distributed import Client, LocalCluster
             from ipyparallel.util import become_dask_worker
 
-            from .pbt import warm_up_worker
             from .security import dask_tls, host_address
+            from .train import warm_up_worker
 
-            security = dask_tls(Path(self._ipp.profile_dir, "security", f"dask-{self._ipp.cluster_id}"))
+            security = dask_tls(
+                Path(self._ipp.profile_dir, "security", f"dask-{self._ipp.cluster_id}")
+            )
             host = "127.0.0.1" if self.spec.local else host_address()
             self._dask_scheduler = LocalCluster(
-                n_workers=0, processes=False, host=host, protocol="tls://", security=security,
-                dashboard_address="127.0.0.1:0")
+                n_workers=0,
+                processes=False,
+                host=host,
+                protocol="tls://",
+                security=security,
+                dashboard_address="127.0.0.1:0",
+            )
             self._dask = Client(self._dask_scheduler, security=security)
-            self.client[:].apply_sync(become_dask_worker, self._dask_scheduler.scheduler_address,
-                                      nthreads=1, security=security,
-                                      **({"host": "127.0.0.1"} if self.spec.local else {}))
+            self.client[:].apply_sync(
+                become_dask_worker,
+                self._dask_scheduler.scheduler_address,
+                nthreads=1,
+                security=security,
+                **({"host": "127.0.0.1"} if self.spec.local else {}),
+            )
             if not self.spec.local:
                 _ALLOCATIONS[self._dask] = self
             self._dask.wait_for_workers(len(self.client.ids), timeout=timeout)
@@ -432,8 +496,10 @@ class Cluster:
             try:
                 slurm.cancel([job] if job else [], names=[self.job_name], timeout=timeout)
             except slurm.SlurmError as e:
-                raise ClusterError(f"the engines' job {job or self.job_name} may still hold "
-                                   f"its allocation: {e}; call stop() again to retry") from None
+                raise ClusterError(
+                    f"the engines' job {job or self.job_name} may still hold "
+                    f"its allocation: {e}; call stop() again to retry"
+                ) from None
         self.stopped = True
         if self._watchdog is not None:
             self._watchdog.stop()
@@ -498,9 +564,12 @@ def _whereami() -> dict:
     import os
     import socket
 
-    return {"host": socket.gethostname(), "pid": os.getpid(),
-            "slurm_node": os.environ.get("SLURMD_NODENAME"),
-            "slurm_job": os.environ.get("SLURM_JOB_ID")}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "slurm_node": os.environ.get("SLURMD_NODENAME"),
+        "slurm_job": os.environ.get("SLURM_JOB_ID"),
+    }
 
 
 def _slurm_message(e: BaseException) -> str:

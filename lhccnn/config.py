@@ -36,7 +36,8 @@ class ModelConfig:
             raise ValueError(
                 f"conv_sizes {','.join(map(str, self.conv_sizes))} has {len(self.conv_sizes)} "
                 f"conv/pool blocks; each halves the {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} image, so at "
-                f"most {MAX_CONV_BLOCKS} fit")
+                f"most {MAX_CONV_BLOCKS} fit"
+            )
         if any(d < 1 for d in self.dense_sizes):
             raise ValueError(f"dense_sizes must be positive integers, got {self.dense_sizes}")
         if not 0.0 <= self.dropout < 1.0:
@@ -78,7 +79,7 @@ class TrainConfig:
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         """A copy with some fields changed; `model_*` keys change the model config."""
         model_changes = {k[6:]: changes.pop(k) for k in list(changes) if k.startswith("model_")}
         model = dataclasses.replace(self.model, **model_changes)
@@ -88,7 +89,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
         model = ModelConfig(**d.pop("model", {}))
         return cls(model=model, **d)
@@ -106,6 +107,46 @@ REPO = Path(__file__).resolve().parents[1]
 def notebooks() -> list[Path]:
     """The tutorial notebooks, in their order (also the book's chapters)."""
     return sorted((REPO / "notebooks").glob("0*.ipynb"))
+
+
+# Each notebook's smoke run (CI, `make notebooks SMOKE=1`): the same steps at tiny sizes, passed
+# as papermill parameters, so that a parameter given beside them wins and the executed parameters
+# cell shows the values that ran.
+SMOKE = {
+    "01_cluster_startup": {"tasks": 20},
+    "02_horovod_scaling": {
+        "workers": [1, 2],
+        "main_workers": 2,
+        "epochs": 2,
+        "per_worker": 1024,
+        "n_val": 1024,
+        "warmup_epochs": 0.0,
+        "repeats": 1,
+    },
+    "03_random_search_hpo": {"n_trials": 4, "epochs": 2, "n_train": 1024, "n_val": 512},
+    "04_widget_hpo": {
+        "n_trials": 3,
+        "epochs": 6,
+        "n_train": 2048,
+        "n_val": 512,
+        "demo_steering": True,
+    },
+    "05_pbt_genetic": {
+        "population": 4,
+        "generations": 3,
+        "n_train": 1024,
+        "n_val": 512,
+        "compare_seeds": [0],
+    },
+}
+
+
+def notebook_parameters(name: str, smoke: bool = False, **given) -> dict:
+    """papermill parameters for notebooks/<name>.ipynb: with `smoke`, the smoke preset (and the
+    label smoke=True); those `given` override either."""
+    if smoke and name not in SMOKE:
+        raise ValueError(f"no smoke preset for notebook {name!r}; presets: {', '.join(SMOKE)}")
+    return {**({"smoke": True, **SMOKE[name]} if smoke else {}), **given}
 
 
 def data_dir() -> Path:

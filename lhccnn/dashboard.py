@@ -19,18 +19,38 @@ import time
 import pandas as pd
 
 from .config import OPTIMIZERS, TrainConfig
-from .hpo import Choice, run_trial, validate_space
+from .hpo import run_trial
+from .space import validate_values
 from .store import ENDED, Store, StudyTable
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["status", "engine", "epoch", "loss", "val_loss", "val_accuracy", "seconds", "attempt",
-           "optimizer", "lr", "dropout", "batch_size", "conv_sizes", "dense_sizes"]
+COLUMNS = [
+    "status",
+    "engine",
+    "epoch",
+    "loss",
+    "val_loss",
+    "val_accuracy",
+    "seconds",
+    "attempt",
+    "optimizer",
+    "lr",
+    "dropout",
+    "batch_size",
+    "conv_sizes",
+    "dense_sizes",
+]
 ROUNDED = {"loss": 4, "val_loss": 4, "val_accuracy": 4, "seconds": 1}
 # show_grid merges these into qgrid's defaults (a partial grid_options dict given to
 # QgridWidget directly replaces them, and the body then renders with zero height)
-GRID_OPTIONS = {"editable": False, "forceFitColumns": False, "defaultColumnWidth": 90,
-                "maxVisibleRows": 12, "minVisibleRows": 4}
+GRID_OPTIONS = {
+    "editable": False,
+    "forceFitColumns": False,
+    "defaultColumnWidth": 90,
+    "maxVisibleRows": 12,
+    "minVisibleRows": 4,
+}
 # changing these on a restart would not fit the checkpoint's weights
 ARCHITECTURE = ("conv_sizes", "dense_sizes")
 NUMERIC_HYPER = ("lr", "dropout", "batch_size")
@@ -39,11 +59,16 @@ NUMERIC_HYPER = ("lr", "dropout", "batch_size")
 class Dashboard:
     """Steer and watch a study. `view` is a load-balanced view; `base` the trials' TrainConfig."""
 
-    def __init__(self, store: Store, view=None, base: TrainConfig | None = None, data=None,
-                 poll: float = 1.0, n_test: int | None = 2048):
-        import bqplot as bq
+    def __init__(
+        self,
+        store: Store,
+        view=None,
+        base: TrainConfig | None = None,
+        data=None,
+        poll: float = 1.0,
+        n_test: int | None = 2048,
+    ):
         import ipywidgets as w
-        import qgridnext
 
         self.store, self.view, self.base, self.data = store, view, base or TrainConfig(), data
         self.poll, self.n_test = poll, n_test
@@ -55,58 +80,113 @@ class Dashboard:
         self.study = StudyTable(store)
         # what the grid shows now, a dict of cells per trial: refresh sends only the changes
         self._shown = {t: _cells(row) for t, row in sorted(self.study.rows.items())}
-        self.table = qgridnext.show_grid(self.frame(), show_toolbar=False,
-                                         grid_options=GRID_OPTIONS)
+        self._build_table()
+        self._build_curves()
+        self._build_scatter()
+        controls = self._build_controls()
+        self.widget = w.VBox(
+            [
+                self.table,
+                *controls,
+                w.HBox(
+                    [self.curves, w.VBox([self.hyper, self.scatter], layout=w.Layout(width="50%"))]
+                ),
+            ]
+        )
+
+    def _build_table(self) -> None:
+        """Every trial, one row each; selecting a row shows its curves and fills the form."""
+        import qgridnext
+
+        self.table = qgridnext.show_grid(
+            self.frame(), show_toolbar=False, grid_options=GRID_OPTIONS
+        )
         self.table.on("selection_changed", self._on_select)
 
-        # the selected trial's curves: loss (left axis) and validation accuracy (right axis)
+    def _build_curves(self) -> None:
+        """The selected trial's curves: loss (left axis) and validation accuracy (right axis)."""
+        import bqplot as bq
+        import ipywidgets as w
+
         xs = bq.LinearScale()
         ys_loss, ys_acc = bq.LinearScale(), bq.LinearScale(min=0.4, max=1.0)
-        self.loss_lines = bq.Lines(x=[], y=[], scales={"x": xs, "y": ys_loss},
-                                   labels=["loss", "val_loss"], colors=["#1f77b4", "#ff7f0e"],
-                                   display_legend=True, marker="circle")
-        self.acc_line = bq.Lines(x=[], y=[], scales={"x": xs, "y": ys_acc}, colors=["#2ca02c"],
-                                 labels=["val_accuracy"], display_legend=True, marker="square")
+        self.loss_lines = bq.Lines(
+            x=[],
+            y=[],
+            scales={"x": xs, "y": ys_loss},
+            labels=["loss", "val_loss"],
+            colors=["#1f77b4", "#ff7f0e"],
+            display_legend=True,
+            marker="circle",
+        )
+        self.acc_line = bq.Lines(
+            x=[],
+            y=[],
+            scales={"x": xs, "y": ys_acc},
+            colors=["#2ca02c"],
+            labels=["val_accuracy"],
+            display_legend=True,
+            marker="square",
+        )
         self.curves = bq.Figure(
-            marks=[self.loss_lines, self.acc_line], title="click a trial in the table",
-            axes=[bq.Axis(scale=xs, label="epoch"),
-                  bq.Axis(scale=ys_loss, orientation="vertical", label="loss"),
-                  bq.Axis(scale=ys_acc, orientation="vertical", side="right", label="val accuracy")],
-            layout=w.Layout(width="50%", height="320px"), legend_location="top-right")
+            marks=[self.loss_lines, self.acc_line],
+            title="click a trial in the table",
+            axes=[
+                bq.Axis(scale=xs, label="epoch"),
+                bq.Axis(scale=ys_loss, orientation="vertical", label="loss"),
+                bq.Axis(scale=ys_acc, orientation="vertical", side="right", label="val accuracy"),
+            ],
+            layout=w.Layout(width="50%", height="320px"),
+            legend_location="top-right",
+        )
 
-        # every trial: its best validation accuracy against a chosen hyper-parameter
+    def _build_scatter(self) -> None:
+        """Every trial: its best validation accuracy against a chosen hyper-parameter."""
+        import bqplot as bq
+        import ipywidgets as w
+
         self.hyper = w.Dropdown(options=NUMERIC_HYPER, value="lr", description="x axis")
         self._xscale_log, self._xscale_lin = bq.LogScale(), bq.LinearScale()
         ys = bq.LinearScale(min=0.4, max=1.0)
-        self.points = bq.Scatter(x=[], y=[], scales={"x": self._xscale_log, "y": ys},
-                                 default_size=40, colors=["#9467bd"])
+        self.points = bq.Scatter(
+            x=[], y=[], scales={"x": self._xscale_log, "y": ys}, default_size=40, colors=["#9467bd"]
+        )
         self._x_axis = bq.Axis(scale=self._xscale_log, label="lr", tick_format=".0e")
-        self.scatter = bq.Figure(marks=[self.points], title="all trials",
-                                 axes=[self._x_axis, bq.Axis(scale=ys, orientation="vertical",
-                                                             label="best val accuracy")],
-                                 layout=w.Layout(width="50%", height="320px"))
+        self.scatter = bq.Figure(
+            marks=[self.points],
+            title="all trials",
+            axes=[
+                self._x_axis,
+                bq.Axis(scale=ys, orientation="vertical", label="best val accuracy"),
+            ],
+            layout=w.Layout(width="50%", height="320px"),
+        )
         self.hyper.observe(lambda change: self._refresh_scatter(), "value")
 
-        # steering
+    def _build_controls(self) -> list:
+        """Steering: the three buttons, their message line, and the form they read."""
+        import ipywidgets as w
+
         self.stop_button = w.Button(description="Stop selected", button_style="danger", icon="stop")
         self.restart_button = w.Button(description="Restart selected", icon="refresh")
         self.add_button = w.Button(description="Add trial", button_style="success", icon="plus")
-        self.form_lr = w.FloatLogSlider(value=1e-3, base=10, min=-5, max=-1, description="lr",
-                                        readout_format=".1e")
-        self.form_dropout = w.FloatSlider(value=0.5, min=0.0, max=0.9, step=0.05, description="dropout")
+        self.form_lr = w.FloatLogSlider(
+            value=1e-3, base=10, min=-5, max=-1, description="lr", readout_format=".1e"
+        )
+        self.form_dropout = w.FloatSlider(
+            value=0.5, min=0.0, max=0.9, step=0.05, description="dropout"
+        )
         self.form_opt = w.Dropdown(options=OPTIMIZERS, value="Adam", description="optimizer")
         self.message = w.HTML()
         self.stop_button.on_click(lambda b: self._ui(self.stop, self.selected))
-        self.restart_button.on_click(lambda b: self._ui(self.restart, self.selected,
-                                                        **self._form()))
+        self.restart_button.on_click(
+            lambda b: self._ui(self.restart, self.selected, **self._form())
+        )
         self.add_button.on_click(lambda b: self._ui(self.add, self._form()))
-        self.widget = w.VBox([
-            self.table,
+        return [
             w.HBox([self.stop_button, self.restart_button, self.add_button, self.message]),
             w.HBox([self.form_lr, self.form_dropout, self.form_opt]),
-            w.HBox([self.curves, w.VBox([self.hyper, self.scatter],
-                                        layout=w.Layout(width="50%"))]),
-        ])
+        ]
 
     # ------------------------------------------------------------------ display and polling
     def _ipython_display_(self):
@@ -114,12 +194,13 @@ class Dashboard:
 
         display(self.widget)
 
-    def start(self) -> "Dashboard":
+    def start(self) -> Dashboard:
         """Start the background poller (idempotent)."""
         if self._thread is None or not self._thread.is_alive():
             self._stop_polling.clear()
-            self._thread = threading.Thread(target=self._poll_loop, daemon=True,
-                                            name="lhccnn-dashboard")
+            self._thread = threading.Thread(
+                target=self._poll_loop, daemon=True, name="lhccnn-dashboard"
+            )
             self._thread.start()
         return self
 
@@ -142,8 +223,9 @@ class Dashboard:
         rows = [_cells(self.study.rows[t]) for t in sorted(self.study.rows)]
         if not rows:
             return pd.DataFrame(columns=COLUMNS, index=pd.Index([], name="trial"))
-        return pd.DataFrame(rows, index=pd.Index(sorted(self.study.rows), name="trial"),
-                            columns=COLUMNS)
+        return pd.DataFrame(
+            rows, index=pd.Index(sorted(self.study.rows), name="trial"), columns=COLUMNS
+        )
 
     def refresh(self) -> None:
         """Read what changed in the store; update the table, the curves and the scatter."""
@@ -190,8 +272,11 @@ class Dashboard:
 
     def _refresh_scatter(self):
         key = self.hyper.value
-        done = [r for r in self._shown.values()
-                if _number(r["val_accuracy"]) is not None and _number(r[key]) is not None]
+        done = [
+            r
+            for r in self._shown.values()
+            if _number(r["val_accuracy"]) is not None and _number(r[key]) is not None
+        ]
         self._x_axis.label = key
         self._x_axis.tick_format = ".0e" if key == "lr" else ""
         scale = self._xscale_log if key == "lr" else self._xscale_lin
@@ -213,8 +298,11 @@ class Dashboard:
         config = self.store.config(trial_id) if trial_id is not None else None
         if not config:
             return
-        for key, widget in (("lr", self.form_lr), ("dropout", self.form_dropout),
-                            ("optimizer", self.form_opt)):
+        for key, widget in (
+            ("lr", self.form_lr),
+            ("dropout", self.form_dropout),
+            ("optimizer", self.form_opt),
+        ):
             if key in config:
                 widget.value = config[key]
 
@@ -235,8 +323,11 @@ class Dashboard:
             self.message.value = f"<span style='color:#b00'>{e}</span>"
 
     def _form(self) -> dict:
-        return {"lr": self.form_lr.value, "dropout": self.form_dropout.value,
-                "optimizer": self.form_opt.value}
+        return {
+            "lr": self.form_lr.value,
+            "dropout": self.form_dropout.value,
+            "optimizer": self.form_opt.value,
+        }
 
     def _need_view(self):
         if self.view is None:
@@ -247,10 +338,13 @@ class Dashboard:
         data = str(self.data) if self.data else None
         with self.view.temp_flags(retries=2):
             for t in trial_ids:
-                self.futures[t] = self.view.apply_async(run_trial, str(self.store.root), t,
-                                                        self.base, data, self.n_test)
+                self.futures[t] = self.view.apply_async(
+                    run_trial, str(self.store.root), t, self.base, data, self.n_test
+                )
 
-    def stop(self, trial_id: str | None, hard_after: float = 60.0, fence_after: float = 15.0) -> str:
+    def stop(
+        self, trial_id: str | None, hard_after: float = 60.0, fence_after: float = 15.0
+    ) -> str:
         """Stop a trial for good: a queued trial never starts; a running one is asked to stop
         (checked within half a second); one that has not stopped after `hard_after` seconds is
         interrupted on its engine (only that trial reacts: a SIGINT reaching an engine that now
@@ -267,20 +361,26 @@ class Dashboard:
             fut = self.futures.get(trial_id)
             if fut is not None and not fut.ready():
                 fut.abort()  # it would not train anyway; this frees its place in the queue
-            return f"{trial_id} aborted before it started" if before == "queued" else f"{trial_id} stopped"
+            return (
+                f"{trial_id} aborted before it started"
+                if before == "queued"
+                else f"{trial_id} stopped"
+            )
         if st["status"] != "running":
             return f"{trial_id} ended {st['status']} before the stop request"
         token = st.get("token")
         if self._wait_ended(trial_id, hard_after):
             return f"{trial_id} stopped after epoch {len(self.store.metrics(trial_id))}"
         now = self.store.status(trial_id)
-        if (self.view is not None and now.get("token") == token
-                and now.get("engine_id") is not None):
+        if self.view is not None and now.get("token") == token and now.get("engine_id") is not None:
             self.view.client.send_signal(signal.SIGINT, targets=[now["engine_id"]], block=True)
             if self._wait_ended(trial_id, fence_after):
-                return (f"{trial_id} did not stop within {hard_after:.0f} s: its engine was "
-                        "interrupted")
-        self.store.force_stop(trial_id, reason=f"did not stop within {hard_after + fence_after:.0f} s")
+                return (
+                    f"{trial_id} did not stop within {hard_after:.0f} s: its engine was interrupted"
+                )
+        self.store.force_stop(
+            trial_id, reason=f"did not stop within {hard_after + fence_after:.0f} s"
+        )
         return f"{trial_id} did not answer: marked stopped, its attempt can no longer write"
 
     def _wait_ended(self, trial_id: str, seconds: float) -> bool:
@@ -305,20 +405,23 @@ class Dashboard:
         changed = {k: v for k, v in changes.items() if k not in config or not _same(config[k], v)}
         bad = [k for k in changed if k in ARCHITECTURE]
         if bad:
-            raise ValueError(f"cannot change {', '.join(bad)} on a restart: the checkpoint's "
-                             "weights would not fit; add a new trial instead")
-        _check_values(changed)
+            raise ValueError(
+                f"cannot change {', '.join(bad)} on a restart: the checkpoint's "
+                "weights would not fit; add a new trial instead"
+            )
+        validate_values(changed)
         self.store.requeue(trial_id)  # refuses a completed trial, naming its state
         if changed:
             self.store.update_config(trial_id, changed)
         self.submit([trial_id])
-        edits = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in changed.items())
+        edits = ", ".join(
+            f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in changed.items()
+        )
         return f"{trial_id} restarted from its checkpoint" + (f" with {edits}" if edits else "")
 
     def add(self, hyper: dict) -> str:
         """A new trial with these hyper-parameters, submitted at once."""
-        _check_values(hyper)
+        validate_values(hyper)
         trial_id = self.store.create_trial(dict(hyper))
         self.submit([trial_id])
         return f"{trial_id} added"
@@ -330,11 +433,6 @@ class Dashboard:
             fut = self.futures.get(t)
             if fut is not None:
                 fut.wait(max(0.0, deadline - time.monotonic()))
-
-
-def _check_values(hyper: dict) -> None:
-    """The search space's checks, applied to single values from the form or a restart."""
-    validate_space({k: Choice((v,)) for k, v in hyper.items()} or {"lr": Choice((1e-3,))})
 
 
 def _edit_cells(table, edits) -> None:

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from .config import IMAGE_SHAPE as INPUT_SHAPE
+
 log = logging.getLogger(__name__)
 
 # Schema of the real files (and of the synthetic ones): group `all_events` holding
 # hist (N, 64, 64) calorimeter images in (eta, phi), y (N,) labels (1 = signal), weight (N,).
 GROUP = "all_events"
 FIELDS = ("hist", "y", "weight")
-IMAGE_SHAPE = (64, 64)
+IMAGE_SHAPE = INPUT_SHAPE[:2]  # the files' cells; the network's input adds a channel
 
 # Rows read per HDF5 call when scanning or loading: 1024 images are 16 MiB as float32, so memory
 # stays bounded whatever the file size (the real training file is 6.8 GB).
@@ -59,10 +61,13 @@ def _open(path):
         return h5py.File(path, "r")
     except OSError as err:
         if "lock file" in str(err) or "locking" in str(err):  # Lustre/NFS without flock
-            raise DataError(f"{path}: HDF5 cannot lock the file ({err}); set the environment "
-                            f"variable HDF5_USE_FILE_LOCKING=FALSE") from err
-        raise DataError(f"{path}: cannot be read as HDF5: the file is truncated or not an "
-                        f"HDF5 file ({err})") from err
+            raise DataError(
+                f"{path}: HDF5 cannot lock the file ({err}); set the environment "
+                f"variable HDF5_USE_FILE_LOCKING=FALSE"
+            ) from err
+        raise DataError(
+            f"{path}: cannot be read as HDF5: the file is truncated or not an HDF5 file ({err})"
+        ) from err
 
 
 def _check_structure(f, path, image_shape=IMAGE_SHAPE) -> int:
@@ -72,27 +77,29 @@ def _check_structure(f, path, image_shape=IMAGE_SHAPE) -> int:
     g = f[GROUP]
     for name in FIELDS:
         if name not in g or not isinstance(g[name], h5py.Dataset):
-            raise DataError(f"{path}: missing dataset '{GROUP}/{name}' "
-                            f"(found: {sorted(g.keys())})")
+            raise DataError(f"{path}: missing dataset '{GROUP}/{name}' (found: {sorted(g.keys())})")
         dtype = g[name].dtype
         if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
-            raise DataError(f"{path}: dataset '{GROUP}/{name}' has dtype {dtype}, "
-                            f"expected a numeric dtype")
+            raise DataError(
+                f"{path}: dataset '{GROUP}/{name}' has dtype {dtype}, expected a numeric dtype"
+            )
     hist, y, w = (g[name] for name in FIELDS)
     image_shape = tuple(image_shape)
     if hist.ndim != 1 + len(image_shape) or tuple(hist.shape[1:]) != image_shape:
         expected = "(N, " + ", ".join(str(s) for s in image_shape) + ")"
-        raise DataError(f"{path}: dataset '{GROUP}/hist' has shape {hist.shape}, "
-                        f"expected {expected}")
+        raise DataError(
+            f"{path}: dataset '{GROUP}/hist' has shape {hist.shape}, expected {expected}"
+        )
     for name, ds in (("y", y), ("weight", w)):
         if ds.ndim != 1:
-            raise DataError(f"{path}: dataset '{GROUP}/{name}' has shape {ds.shape}, "
-                            f"expected (N,)")
+            raise DataError(f"{path}: dataset '{GROUP}/{name}' has shape {ds.shape}, expected (N,)")
     lengths = {name: g[name].shape[0] for name in FIELDS}
     if len(set(lengths.values())) != 1:
-        raise DataError(f"{path}: datasets in '{GROUP}' have different lengths "
-                        f"(hist: {lengths['hist']}, y: {lengths['y']}, "
-                        f"weight: {lengths['weight']}); expected the same N for all three")
+        raise DataError(
+            f"{path}: datasets in '{GROUP}' have different lengths "
+            f"(hist: {lengths['hist']}, y: {lengths['y']}, "
+            f"weight: {lengths['weight']}); expected the same N for all three"
+        )
     n = lengths["hist"]
     if n == 0:
         raise DataError(f"{path}: '{GROUP}' holds no events (N == 0)")
@@ -105,16 +112,20 @@ def _check_values(path, start, hist=None, y=None, w=None):
         bad = np.flatnonzero((y != 0) & (y != 1))
         if bad.size:
             i = bad[0]
-            raise DataError(f"{path}: dataset '{GROUP}/y' has label {y[i].item()!r} at index "
-                            f"{start + i}; expected only 0 (background) or 1 (signal)")
+            raise DataError(
+                f"{path}: dataset '{GROUP}/y' has label {y[i].item()!r} at index "
+                f"{start + i}; expected only 0 (background) or 1 (signal)"
+            )
     for name, a in (("hist", hist), ("weight", w)):
         if a is None:
             continue
         finite = np.isfinite(a.reshape(len(a), -1)).all(axis=1)
         if not finite.all():
             i = int(np.argmin(finite))
-            raise DataError(f"{path}: dataset '{GROUP}/{name}' has a non-finite value "
-                            f"(NaN or inf) at index {start + i}; expected finite values")
+            raise DataError(
+                f"{path}: dataset '{GROUP}/{name}' has a non-finite value "
+                f"(NaN or inf) at index {start + i}; expected finite values"
+            )
 
 
 def validate_file(path, image_shape=IMAGE_SHAPE, check_values=True, max_check=None) -> int:
@@ -135,8 +146,9 @@ def validate_file(path, image_shape=IMAGE_SHAPE, check_values=True, max_check=No
                     b = min(a + READ_ROWS, stop)
                     _check_values(path, a, g["hist"][a:b], g["y"][a:b], g["weight"][a:b])
         except OSError as err:  # e.g. the header is intact but the data past it was cut off
-            raise DataError(f"{path}: read error: the file is truncated or not an HDF5 file "
-                            f"({err})") from err
+            raise DataError(
+                f"{path}: read error: the file is truncated or not an HDF5 file ({err})"
+            ) from err
     return n
 
 
@@ -150,8 +162,10 @@ def _read_rows(g, start, stop, path, with_weights=True):
         y = g["y"][start:stop]
         w = g["weight"][start:stop] if with_weights else None
     except OSError as err:
-        raise DataError(f"{path}: read error at rows [{start}, {stop}): the file is truncated "
-                        f"or not an HDF5 file ({err})") from err
+        raise DataError(
+            f"{path}: read error at rows [{start}, {stop}): the file is truncated "
+            f"or not an HDF5 file ({err})"
+        ) from err
     _check_values(path, start, hist, y, w)
     x = preprocess(hist)
     y = y.astype(np.float32)
@@ -178,8 +192,9 @@ def load_arrays(path, n=None, start=0):
         w = np.empty(stop - start, dtype=np.float32)
         for a in range(start, stop, READ_ROWS):
             b = min(a + READ_ROWS, stop)
-            x[a - start:b - start], y[a - start:b - start], w[a - start:b - start] = (
-                _read_rows(g, a, b, path))
+            x[a - start : b - start], y[a - start : b - start], w[a - start : b - start] = (
+                _read_rows(g, a, b, path)
+            )
     return x, y, w
 
 
@@ -235,8 +250,10 @@ def steps_per_epoch(shard, batch_size, drop_remainder=False) -> int:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     if drop_remainder:
         if shard.n < batch_size:
-            raise DataError(f"a shard of {shard.n} events holds no full batch of {batch_size} "
-                            f"(drop_remainder=True)")
+            raise DataError(
+                f"a shard of {shard.n} events holds no full batch of {batch_size} "
+                f"(drop_remainder=True)"
+            )
         return shard.n // batch_size
     return math.ceil(shard.n / batch_size)
 
@@ -244,9 +261,21 @@ def steps_per_epoch(shard, batch_size, drop_remainder=False) -> int:
 # ----------------------------------------------------------------------------- tf.data
 
 
-def make_dataset(path, batch_size, n=None, rank=0, size=1, shuffle=True, seed=0,
-                 streaming=True, with_weights=False, repeat=False, shuffle_buffer=4096,
-                 drop_remainder=False, block_size=None):
+def make_dataset(
+    path,
+    batch_size,
+    n=None,
+    rank=0,
+    size=1,
+    shuffle=True,
+    seed=0,
+    streaming=True,
+    with_weights=False,
+    repeat=False,
+    shuffle_buffer=4096,
+    drop_remainder=False,
+    block_size=None,
+):
     """A tf.data pipeline over this rank's shard of `path`; returns (dataset, shard).
 
     Batches are (x, y) or, with `with_weights`, (x, y, w): x (B, 64, 64, 1), y and w (B,), all
@@ -285,8 +314,10 @@ def make_dataset(path, batch_size, n=None, rank=0, size=1, shuffle=True, seed=0,
                 for i in order:
                     yield _read_rows(g, *blocks[i], path, with_weights)
 
-        spec = [tf.TensorSpec((None, *IMAGE_SHAPE, 1), tf.float32),
-                tf.TensorSpec((None,), tf.float32)]
+        spec = [
+            tf.TensorSpec((None, *IMAGE_SHAPE, 1), tf.float32),
+            tf.TensorSpec((None,), tf.float32),
+        ]
         if with_weights:
             spec.append(tf.TensorSpec((None,), tf.float32))
         ds = tf.data.Dataset.from_generator(generate, output_signature=tuple(spec)).unbatch()

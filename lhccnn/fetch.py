@@ -7,7 +7,6 @@ import http.client
 import logging
 import os
 import posixpath
-import socket
 import sys
 import time
 import urllib.error
@@ -71,8 +70,12 @@ def synthetic_matches(path, n: int, seed: int) -> str | None:
         return str(e)
     with h5py.File(path, "r") as f:
         a = dict(f.attrs)
-    want = {"generator": "lhccnn.synthetic", "seed": seed, "n_events": n,
-            "version": synthetic.VERSION}
+    want = {
+        "generator": "lhccnn.synthetic",
+        "seed": seed,
+        "n_events": n,
+        "version": synthetic.VERSION,
+    }
     got = {k: a.get(k) for k in want}
     if isinstance(got["generator"], bytes):
         got["generator"] = got["generator"].decode()
@@ -92,9 +95,16 @@ def _content_range_total(value: str | None):
     return int(total) if total.isdigit() else None
 
 
-def download(url: str, dest, sha256: str | None = None, size: int | None = None,
-             retries: int = 5, backoff: float = 2.0, timeout: float = 60.0,
-             progress: bool = True) -> Path:
+def download(
+    url: str,
+    dest,
+    sha256: str | None = None,
+    size: int | None = None,
+    retries: int = 5,
+    backoff: float = 2.0,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> Path:
     """Download `url` to `dest`, resuming and retrying; verify size and sha256; rename at the end.
 
     Bytes go to `dest.part`; after an interruption the next attempt asks for the rest with an
@@ -113,8 +123,9 @@ def download(url: str, dest, sha256: str | None = None, size: int | None = None,
         for attempt in range(retries + 1):
             if attempt:
                 delay = backoff * 2 ** (attempt - 1)
-                log.warning("%s: %s; retry %d/%d in %.1f s", url, last_error, attempt, retries,
-                            delay)
+                log.warning(
+                    "%s: %s; retry %d/%d in %.1f s", url, last_error, attempt, retries, delay
+                )
                 time.sleep(delay)
             have = part.stat().st_size if part.exists() else 0
             if total is not None and have >= total:
@@ -149,15 +160,23 @@ def download(url: str, dest, sha256: str | None = None, size: int | None = None,
                 if e.code == 416 and have:  # nothing left to send: the .part is complete
                     break
                 if 400 <= e.code < 500:
-                    raise FetchError(f"{url}: HTTP {e.code} {e.reason} (expected the file "
-                                     f"{dest.name}; check the URL or --base-url)") from None
+                    raise FetchError(
+                        f"{url}: HTTP {e.code} {e.reason} (expected the file "
+                        f"{dest.name}; check the URL or --base-url)"
+                    ) from None
                 last_error = f"HTTP {e.code} {e.reason}"
-            except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
-                    socket.timeout, TimeoutError) as e:
+            except (
+                urllib.error.URLError,
+                http.client.HTTPException,
+                ConnectionError,
+                TimeoutError,
+            ) as e:
                 last_error = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
         else:
-            raise FetchError(f"{url}: download failed after {retries + 1} attempts "
-                             f"({last_error}); run again to resume from {part.name}")
+            raise FetchError(
+                f"{url}: download failed after {retries + 1} attempts "
+                f"({last_error}); run again to resume from {part.name}"
+            )
     finally:
         bar.close()
 
@@ -167,12 +186,18 @@ def download(url: str, dest, sha256: str | None = None, size: int | None = None,
         raise FetchError(f"{url}: got {got_size} bytes, expected {size}; removed the download")
     digest = sha256_of(part)
     if sha256 is None:
-        log.warning("%s: no sha256 recorded; got sha256=%s (%d bytes) - record it in "
-                    "lhccnn.fetch.REGISTRY once the file is verified", dest.name, digest, got_size)
+        log.warning(
+            "%s: no sha256 recorded; got sha256=%s (%d bytes) - record it in "
+            "lhccnn.fetch.REGISTRY once the file is verified",
+            dest.name,
+            digest,
+            got_size,
+        )
     elif digest != sha256.lower():
         part.unlink(missing_ok=True)
-        raise FetchError(f"{url}: sha256 {digest} does not match the expected {sha256}; "
-                         f"removed the download")
+        raise FetchError(
+            f"{url}: sha256 {digest} does not match the expected {sha256}; removed the download"
+        )
     os.replace(part, dest)
     return dest
 
@@ -194,16 +219,24 @@ def fetch_synthetic(out: Path, sizes: dict, seed: int, force: bool, progress: bo
                 log.info("%s: up to date (%d events, seed %d), skipping", path, n, s)
                 continue
             if why is not None and not force:
-                raise FetchError(f"{why}; use --force to overwrite or --out to choose another "
-                                 f"directory")
+                raise FetchError(
+                    f"{why}; use --force to overwrite or --out to choose another directory"
+                )
             if path.is_symlink():
                 path.unlink()  # never write through a link into someone else's directory
         log.info("%s: generating %d synthetic events (seed %d)", path, n, s)
         synthetic.write_file(path, n, s, progress=progress)
 
 
-def fetch_download(out: Path, base_url: str | None, force: bool, progress: bool,
-                   retries: int, backoff: float, timeout: float) -> None:
+def fetch_download(
+    out: Path,
+    base_url: str | None,
+    force: bool,
+    progress: bool,
+    retries: int,
+    backoff: float,
+    timeout: float,
+) -> None:
     for name in FILES:
         entry = REGISTRY[name]
         url = entry["url"]
@@ -214,15 +247,25 @@ def fetch_download(out: Path, base_url: str | None, force: bool, progress: bool,
             # fast check (schema and size); --force re-downloads and re-verifies the hash
             n = check_schema(path)
             if entry.get("size") is not None and path.stat().st_size != entry["size"]:
-                raise FetchError(f"{path}: {path.stat().st_size} bytes, expected "
-                                 f"{entry['size']}; use --force to download again")
+                raise FetchError(
+                    f"{path}: {path.stat().st_size} bytes, expected "
+                    f"{entry['size']}; use --force to download again"
+                )
             log.info("%s: present (%d events), skipping", path, n)
             continue
         if path.is_symlink():
             path.unlink()
         log.info("%s: downloading %s", path, url)
-        download(url, path, sha256=entry.get("sha256"), size=entry.get("size"),
-                 retries=retries, backoff=backoff, timeout=timeout, progress=progress)
+        download(
+            url,
+            path,
+            sha256=entry.get("sha256"),
+            size=entry.get("size"),
+            retries=retries,
+            backoff=backoff,
+            timeout=timeout,
+            progress=progress,
+        )
         try:
             n = check_schema(path)
         except FetchError:
@@ -238,8 +281,10 @@ def fetch_directory(src: Path, out: Path, force: bool) -> None:
     need to open out/train.h5 etc. (Alternatively point LHCCNN_DATA_DIR at src directly.)
     """
     if not src.is_dir():
-        raise FetchError(f"{src}: not a directory (expected one holding {', '.join(FILES)}; "
-                         f"or use --source synthetic or download)")
+        raise FetchError(
+            f"{src}: not a directory (expected one holding {', '.join(FILES)}; "
+            f"or use --source synthetic or download)"
+        )
     for name in FILES:  # validate all before linking any
         check_schema(src / name)
     if src.resolve() == out.resolve():
@@ -251,8 +296,9 @@ def fetch_directory(src: Path, out: Path, force: bool) -> None:
             log.info("%s: already links to %s, skipping", link, target)
             continue
         if (link.exists() or link.is_symlink()) and not force:
-            raise FetchError(f"{link}: exists and is not a link to {target}; use --force to "
-                             f"replace it")
+            raise FetchError(
+                f"{link}: exists and is not a link to {target}; use --force to replace it"
+            )
         tmp = link.with_name(f".{name}.link-{os.getpid()}")
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(target)
@@ -269,35 +315,63 @@ def parser() -> argparse.ArgumentParser:
 
     sp = synthetic.SPLITS
     p = argparse.ArgumentParser(
-        prog="fetch.py",
+        prog="lhccnn fetch",
         description="Put train.h5, val.h5 and test.h5 (group all_events: hist, y, weight) into "
-                    "the data directory. By default generates the embedded synthetic dataset; "
-                    "files already there are checked and skipped.",
+        "the data directory. By default generates the embedded synthetic dataset; "
+        "files already there are checked and skipped.",
         epilog="examples:  python data/fetch.py  |  python data/fetch.py --source download  |  "
-               "python data/fetch.py --source /path/to/RPVSusyData",
+        "python data/fetch.py --source /path/to/RPVSusyData",
     )
-    p.add_argument("--source", default="synthetic", metavar="synthetic|download|DIR",
-                   help="synthetic (default): generate; download: fetch the real RPV-SUSY files "
-                        "from NERSC's portal (several GB); DIR: link the three files of an "
-                        "existing directory (e.g. on a shared filesystem)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output directory (default: $LHCCNN_DATA_DIR or data/synthetic)")
-    p.add_argument("--n-train", type=int, default=None,
-                   help=f"synthetic train events (default {sp['train']['n']})")
-    p.add_argument("--n-val", type=int, default=None,
-                   help=f"synthetic validation events (default {sp['val']['n']})")
-    p.add_argument("--n-test", type=int, default=None,
-                   help=f"synthetic test events (default {sp['test']['n']})")
+    p.add_argument(
+        "--source",
+        default="synthetic",
+        metavar="synthetic|download|DIR",
+        help="synthetic (default): generate; download: fetch the real RPV-SUSY files "
+        "from NERSC's portal (several GB); DIR: link the three files of an "
+        "existing directory (e.g. on a shared filesystem)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default: $LHCCNN_DATA_DIR or data/synthetic)",
+    )
+    p.add_argument(
+        "--n-train",
+        type=int,
+        default=None,
+        help=f"synthetic train events (default {sp['train']['n']})",
+    )
+    p.add_argument(
+        "--n-val",
+        type=int,
+        default=None,
+        help=f"synthetic validation events (default {sp['val']['n']})",
+    )
+    p.add_argument(
+        "--n-test",
+        type=int,
+        default=None,
+        help=f"synthetic test events (default {sp['test']['n']})",
+    )
     p.add_argument("--seed", type=int, default=None, help="synthetic base seed (default 0)")
-    p.add_argument("--force", action="store_true",
-                   help="overwrite existing files instead of checking and skipping them")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite existing files instead of checking and skipping them",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars, only warnings")
     g = p.add_argument_group("download")
-    g.add_argument("--base-url", default=None,
-                   help=f"download from this directory URL instead of {BASE_URL}")
+    g.add_argument(
+        "--base-url", default=None, help=f"download from this directory URL instead of {BASE_URL}"
+    )
     g.add_argument("--retries", type=int, default=5, help="retries per file (default 5)")
-    g.add_argument("--backoff", type=float, default=2.0,
-                   help="first retry delay in seconds, doubling each time (default 2)")
+    g.add_argument(
+        "--backoff",
+        type=float,
+        default=2.0,
+        help="first retry delay in seconds, doubling each time (default 2)",
+    )
     g.add_argument("--timeout", type=float, default=60.0, help="socket timeout, s (default 60)")
     return p
 
@@ -307,8 +381,12 @@ def run(args) -> None:
 
     out = args.out if args.out is not None else config.data_dir()
     progress = not args.quiet
-    synthetic_only = {"--n-train": args.n_train, "--n-val": args.n_val,
-                      "--n-test": args.n_test, "--seed": args.seed}
+    synthetic_only = {
+        "--n-train": args.n_train,
+        "--n-val": args.n_val,
+        "--n-test": args.n_test,
+        "--seed": args.seed,
+    }
     if args.source != "synthetic":
         used = [k for k, v in synthetic_only.items() if v is not None]
         if used:
@@ -318,19 +396,22 @@ def run(args) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise FetchError(f"{out}: cannot create the output folder ({e.strerror}); choose another "
-                         "with --out") from None
+        raise FetchError(
+            f"{out}: cannot create the output folder ({e.strerror}); choose another with --out"
+        ) from None
     if args.source == "synthetic":
-        sizes = {s: v if v is not None else synthetic.SPLITS[s]["n"]
-                 for s, v in (("train", args.n_train), ("val", args.n_val),
-                              ("test", args.n_test))}
+        sizes = {
+            s: v if v is not None else synthetic.SPLITS[s]["n"]
+            for s, v in (("train", args.n_train), ("val", args.n_val), ("test", args.n_test))
+        }
         bad = {s: v for s, v in sizes.items() if v < 1}
         if bad:
             raise FetchError(f"sizes must be >= 1, got {bad}")
         fetch_synthetic(out, sizes, args.seed or 0, args.force, progress)
     elif args.source == "download":
-        fetch_download(out, args.base_url, args.force, progress, args.retries, args.backoff,
-                       args.timeout)
+        fetch_download(
+            out, args.base_url, args.force, progress, args.retries, args.backoff, args.timeout
+        )
     else:
         fetch_directory(Path(args.source), out, args.force)
     log.info("data ready in %s", out)

@@ -1,4 +1,4 @@
-"""Crash-safe file I/O in one place: atomic replace with fsync, tolerant line logs, locks, sha256."""
+"""Crash-safe file I/O in one place: atomic replace with fsync, tolerant line logs, lock, hashes."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ def temp_name(path: Path) -> Path:
     """A temp file beside `path` that no other writer can share: host, pid and a random part.
     Fixed temp names let two attempts (a retry beside a stale one) interleave their writes."""
     # the suffix stays last: Keras picks the file format (HDF5 for .h5) from it
-    return path.with_name(f".{path.stem}.{socket.gethostname()}.{os.getpid()}."
-                          f"{secrets.token_hex(4)}.tmp{path.suffix}")
+    return path.with_name(
+        f".{path.stem}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}"
+    )
 
 
 def fsync_dir(path: Path) -> None:
@@ -49,8 +50,9 @@ def atomic_write(path, data: bytes | str) -> None:
     commit(tmp, path)
 
 
-def write_json(path, obj) -> None:
-    atomic_write(path, json.dumps(obj, default=float))
+def write_json(path, obj, indent: int | None = None) -> None:
+    """JSON through a temp file and rename: a crash never leaves half a file."""
+    atomic_write(path, json.dumps(obj, indent=indent, default=float))
 
 
 def read_json(path, default=None):

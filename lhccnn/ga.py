@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .hpo import Choice, IntRange, LogUniform, Uniform, sample
+from .space import Choice, IntRange, LogUniform, Uniform, sample  # noqa: F401 (ga.sample)
 
 __all__ = ["sample", "mutate", "crossover", "fitness", "select_parents", "elite", "breed"]
 
@@ -23,8 +23,9 @@ def _clip(dim, v):
     return float(min(max(v, dim.low), np.nextafter(dim.high, dim.low)))
 
 
-def mutate(hp: dict, space: dict, rate: float, rng: np.random.Generator,
-           scale: float = 0.25) -> dict:
+def mutate(
+    hp: dict, space: dict, rate: float, rng: np.random.Generator, scale: float = 0.25
+) -> dict:
     """Each hyper-parameter changes with probability `rate`: continuous and integer values by a
     multiplicative log-normal factor (sigma `scale`), choices by resampling; always clipped to
     the domain. Returns a new dict."""
@@ -92,9 +93,17 @@ def elite(fit, k: int) -> list[int]:
     return order[:k]
 
 
-def breed(population: list[dict], losses, space: dict, rng: np.random.Generator,
-          mutation_rate: float = 0.05, crossover_rate: float = 0.33, n_elite: int = 1,
-          size: int | None = None, n_parents: int | None = None) -> list[dict]:
+def breed(
+    population: list[dict],
+    losses,
+    space: dict,
+    rng: np.random.Generator,
+    mutation_rate: float = 0.05,
+    crossover_rate: float = 0.33,
+    n_elite: int = 1,
+    size: int | None = None,
+    n_parents: int | None = None,
+) -> list[dict]:
     """The next generation: the elite unchanged, then children of fitness-selected pairs,
     crossed over and mutated. With `n_parents`, only that many of the fittest may be parents
     (truncation selection); None lets every member be drawn. Each entry says where it comes
@@ -105,16 +114,19 @@ def breed(population: list[dict], losses, space: dict, rng: np.random.Generator,
     if n_parents is not None and not 1 <= n_parents <= len(population):
         raise ValueError(f"n_parents must be in [1, {len(population)}], got {n_parents}")
     fit = fitness(losses)
-    nxt = [{"hp": dict(population[i]), "parents": (i, i), "inherit": i}
-           for i in elite(fit, min(n_elite, size))]
+    nxt = [
+        {"hp": dict(population[i]), "parents": (i, i), "inherit": i}
+        for i in elite(fit, min(n_elite, size))
+    ]
     pool = fit.copy()
     if n_parents is not None:  # the others cannot be drawn
         barred = np.ones(len(fit), dtype=bool)
         barred[elite(fit, n_parents)] = False
         pool[barred] = 0.0
     for i, j in select_parents(pool, size - len(nxt), rng):
-        child = mutate(crossover(population[i], population[j], crossover_rate, rng), space,
-                       mutation_rate, rng)
+        child = mutate(
+            crossover(population[i], population[j], crossover_rate, rng), space, mutation_rate, rng
+        )
         fitter = i if fit[i] >= fit[j] else j  # the child starts from the fitter parent's weights
         nxt.append({"hp": child, "parents": (i, j), "inherit": fitter})
     return nxt

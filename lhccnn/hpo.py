@@ -1,149 +1,27 @@
-"""Random-search HPO: a validated search space, trials run on a load-balanced view, makespan analysis."""
+"""Random-search HPO: a validated search space, trials on a load-balanced view, makespans."""
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .cluster import allocation_ended
-from .config import MAX_CONV_BLOCKS, OPTIMIZERS, ModelConfig, TrainConfig, data_dir
+from .config import ModelConfig, TrainConfig, data_dir
 from .runner import callback, end_attempt, run_attempt
+
+# default_space and sample are the notebooks' hpo.default_space() and hpo.sample()
+from .space import default_space, sample, validate_space  # noqa: F401
 from .store import ENDED, CheckpointError, DriverLock, Store
 
+if TYPE_CHECKING:  # pandas is imported where a table is built, not at import
+    import pandas
+
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------- search space
-@dataclass(frozen=True)
-class Choice:
-    values: tuple
-
-    def __post_init__(self):
-        if len(self.values) == 0:
-            raise ValueError("Choice needs at least one value")
-
-    def sample(self, rng):
-        return self.values[rng.integers(len(self.values))]
-
-
-@dataclass(frozen=True)
-class IntRange:
-    low: int
-    high: int  # inclusive
-
-    def __post_init__(self):
-        if self.low > self.high:
-            raise ValueError(f"empty IntRange [{self.low}, {self.high}]")
-
-    def sample(self, rng):
-        return int(rng.integers(self.low, self.high + 1))
-
-
-@dataclass(frozen=True)
-class Uniform:
-    low: float
-    high: float
-
-    def __post_init__(self):
-        if not self.low < self.high:
-            raise ValueError(f"empty Uniform range [{self.low}, {self.high})")
-
-    def sample(self, rng):
-        return float(rng.uniform(self.low, self.high))
-
-
-@dataclass(frozen=True)
-class LogUniform:
-    low: float
-    high: float
-
-    def __post_init__(self):
-        if not 0 < self.low < self.high:
-            raise ValueError(f"LogUniform needs 0 < low < high, got [{self.low}, {self.high})")
-
-    def sample(self, rng):
-        return float(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
-
-
-def _values(dim):
-    """Every value a dimension can give (the bounds for ranges), for validation."""
-    return dim.values if isinstance(dim, Choice) else (dim.low, dim.high)
-
-
-# The hyper-parameters a trial understands, and what each value must be.
-def _check_sizes(v):
-    return isinstance(v, (tuple, list)) and len(v) > 0 and all(int(x) >= 1 for x in v)
-
-
-def _check_conv(v):
-    return _check_sizes(v) and len(v) <= MAX_CONV_BLOCKS
-
-
-CHECKS = {
-    "conv_sizes": (_check_conv, f"a tuple of 1 to {MAX_CONV_BLOCKS} positive ints (each conv "
-                                "block halves the 64x64 image)"),
-    "dense_sizes": (_check_sizes, "a non-empty tuple of positive ints"),
-    "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
-    "lr": (lambda v: v > 0, "> 0"),
-    "batch_size": (lambda v: int(v) >= 1, ">= 1"),
-}
-
-
-def validate_space(space: dict) -> dict:
-    """Check every dimension before anything is submitted; a clear error names the bad one."""
-    if not space:
-        raise ValueError("the search space is empty")
-    for name, dim in space.items():
-        if name not in CHECKS:
-            raise ValueError(f"unknown hyper-parameter {name!r}; valid: {', '.join(CHECKS)}")
-        check, expected = CHECKS[name]
-        for v in _values(dim):
-            if not check(v):
-                raise ValueError(f"search space {name}: value {v!r} is invalid, expected {expected}")
-    return space
-
-
-def default_space() -> dict:
-    """Around the paper's model: conv and dense sizes, dropout, optimizer, lr, batch size."""
-    return {
-        "conv_sizes": Choice(((4, 8, 16), (8, 16, 32), (16, 32, 64), (8, 16), (16, 32))),
-        "dense_sizes": Choice(((32,), (64,), (128,), (64, 32))),
-        "dropout": Uniform(0.0, 0.7),
-        "optimizer": Choice(("Adam", "Nadam", "RMSprop", "SGD")),
-        "lr": LogUniform(1e-4, 3e-2),
-        "batch_size": Choice((64, 128, 256)),
-    }
-
-
-def space_to_dict(space: dict) -> dict:
-    """A search space as plain JSON-able data (to keep it beside a study in the store)."""
-    return {name: {"type": type(dim).__name__, **dim.__dict__} for name, dim in space.items()}
-
-
-def space_from_dict(d: dict) -> dict:
-    """The inverse of space_to_dict."""
-    types = {t.__name__: t for t in (Choice, IntRange, Uniform, LogUniform)}
-    space = {}
-    for name, spec in d.items():
-        spec = dict(spec)
-        kind = spec.pop("type")
-        if kind not in types:
-            raise ValueError(f"search space {name}: unknown dimension type {kind!r}")
-        if kind == "Choice":  # JSON made the tuples lists
-            spec["values"] = tuple(tuple(v) if isinstance(v, list) else v for v in spec["values"])
-        space[name] = types[kind](**spec)
-    return space
-
-
-def sample(space: dict, rng: np.random.Generator) -> dict:
-    return {name: dim.sample(rng) for name, dim in space.items()}
 
 
 def trial_config(base: TrainConfig, hp: dict) -> TrainConfig:
@@ -165,8 +43,14 @@ def predicted_cost(base: TrainConfig, hp: dict) -> float:
 
 
 # ---------------------------------------------------------------------------- one trial
-def run_trial(store_root: str, trial_id: str, base: TrainConfig, data: str | None = None,
-              n_test: int | None = 2048, work=None) -> dict:
+def run_trial(
+    store_root: str,
+    trial_id: str,
+    base: TrainConfig,
+    data: str | None = None,
+    n_test: int | None = 2048,
+    work=None,
+) -> dict:
     """Run one attempt at a trial on this engine (see lhccnn.runner): train, write metrics,
     verified checkpoints and the status to the store; return the status record.
 
@@ -178,9 +62,12 @@ def run_trial(store_root: str, trial_id: str, base: TrainConfig, data: str | Non
     `work`: a lhccnn.simulate.SimulatedWork replaces the training (scale benchmarks only).
     """
     if work is not None:
-        return run_attempt(store_root, trial_id, lambda attempt: work.train_trial(attempt, base.epochs))
-    return run_attempt(store_root, trial_id,
-                       lambda attempt: _train_trial(attempt, base, data, n_test))
+        return run_attempt(
+            store_root, trial_id, lambda attempt: work.train_trial(attempt, base.epochs)
+        )
+    return run_attempt(
+        store_root, trial_id, lambda attempt: _train_trial(attempt, base, data, n_test)
+    )
 
 
 def _train_trial(attempt, base: TrainConfig, data, n_test) -> dict:
@@ -202,8 +89,12 @@ def _train_trial(attempt, base: TrainConfig, data, n_test) -> dict:
     if start_epoch:
         try:
             rec = store.load_checkpoint(model, trial_id, optimizer=config.model.optimizer)
-            log.info("%s: resuming after epoch %d (optimizer state %s)", trial_id, start_epoch,
-                     "kept" if rec["optimizer_loaded"] else "afresh")
+            log.info(
+                "%s: resuming after epoch %d (optimizer state %s)",
+                trial_id,
+                start_epoch,
+                "kept" if rec["optimizer_loaded"] else "afresh",
+            )
         except (CheckpointError, OSError, ValueError) as e:
             msg = f"{trial_id}: checkpoint unusable ({e}); training from scratch"
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
@@ -223,8 +114,9 @@ def _train_trial(attempt, base: TrainConfig, data, n_test) -> dict:
         return end_attempt(attempt, "stopped", task_started, reason="stopped by request", **end)
     end["test"] = train.evaluate(model, data / "test.h5", n=n_test)
     if train.collapsed(end["test"]["accuracy"], end["test"]["majority_rate"]):
-        return end_attempt(attempt, "diverged", task_started,
-                           reason="predicts the majority class only", **end)
+        return end_attempt(
+            attempt, "diverged", task_started, reason="predicts the majority class only", **end
+        )
     return end_attempt(attempt, "completed", task_started, **end)
 
 
@@ -239,9 +131,19 @@ def load_trial_model(store: Store, trial_id: str, base: TrainConfig):
 
 
 # ---------------------------------------------------------------------------- the search
-def random_search(view, space: dict, n_trials: int, store: Store, base: TrainConfig,
-                  seed: int = 0, data=None, retries: int = 2, n_test: int | None = 2048,
-                  progress: bool = True, **wait) -> "pandas.DataFrame":
+def random_search(
+    view,
+    space: dict,
+    n_trials: int,
+    store: Store,
+    base: TrainConfig,
+    seed: int = 0,
+    data=None,
+    retries: int = 2,
+    n_test: int | None = 2048,
+    progress: bool = True,
+    **wait,
+) -> pandas.DataFrame:
     """Sample n_trials configurations, run them on a load-balanced view, return the table.
 
     Each trial is one task; IPyParallel retries a task whose engine died (`retries`), and the
@@ -252,12 +154,15 @@ def random_search(view, space: dict, n_trials: int, store: Store, base: TrainCon
     if n_trials < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
     if store.trial_ids():
-        raise ValueError(f"{store.root} already holds a study of {len(store.trial_ids())} trials: "
-                         "finish it with hpo.resume(view, store, base), or use a new folder")
+        raise ValueError(
+            f"{store.root} already holds a study of {len(store.trial_ids())} trials: "
+            "finish it with hpo.resume(view, store, base), or use a new folder"
+        )
     rng = np.random.default_rng(seed)
     ids = [store.create_trial(sample(space, rng)) for _ in range(n_trials)]
-    return run_trials(view, store, ids, base, data=data, retries=retries, n_test=n_test,
-                      progress=progress, **wait)
+    return run_trials(
+        view, store, ids, base, data=data, retries=retries, n_test=n_test, progress=progress, **wait
+    )
 
 
 def unfinished(store: Store) -> list[str]:
@@ -266,23 +171,52 @@ def unfinished(store: Store) -> list[str]:
     out = []
     for t in store.trial_ids():
         st = store.status(t)
-        if st.get("status") == "queued" or (st.get("status") == "running"
-                                            and not store.attempt_alive(t, st)):
+        if st.get("status") == "queued" or (
+            st.get("status") == "running" and not store.attempt_alive(t, st)
+        ):
             out.append(t)
     return out
 
 
-def resume(view, store: Store, base: TrainConfig, data=None, retries: int = 2,
-           n_test: int | None = 2048, progress: bool = True, **wait) -> "pandas.DataFrame":
+def resume(
+    view,
+    store: Store,
+    base: TrainConfig,
+    data=None,
+    retries: int = 2,
+    n_test: int | None = 2048,
+    progress: bool = True,
+    **wait,
+) -> pandas.DataFrame:
     """Finish a study whose kernel died: run its unfinished trials (each from its own last
     verified checkpoint, so no finished epoch is trained again), then return the table."""
-    return run_trials(view, store, unfinished(store), base, data=data, retries=retries,
-                      n_test=n_test, progress=progress, **wait)
+    return run_trials(
+        view,
+        store,
+        unfinished(store),
+        base,
+        data=data,
+        retries=retries,
+        n_test=n_test,
+        progress=progress,
+        **wait,
+    )
 
 
-def run_trials(view, store: Store, trial_ids, base: TrainConfig, data=None, retries: int = 2,
-               n_test: int | None = 2048, progress: bool = True, timeout: float | None = None,
-               no_engines_grace: float = 30.0, poll: float = 0.2, work=None):
+def run_trials(
+    view,
+    store: Store,
+    trial_ids,
+    base: TrainConfig,
+    data=None,
+    retries: int = 2,
+    n_test: int | None = 2048,
+    progress: bool = True,
+    timeout: float | None = None,
+    no_engines_grace: float = 30.0,
+    poll: float = 0.2,
+    work=None,
+):
     """Submit existing trials to a load-balanced view and wait for all, with a progress bar.
 
     The most expensive trials go first (`predicted_cost`): the engines that draw the last,
@@ -303,8 +237,10 @@ def run_trials(view, store: Store, trial_ids, base: TrainConfig, data=None, retr
 
     def submit(ids):
         with view.temp_flags(retries=retries):
-            return {view.apply_async(run_trial, str(store.root), t, base, data, n_test, work): t
-                    for t in ids}
+            return {
+                view.apply_async(run_trial, str(store.root), t, base, data, n_test, work): t
+                for t in ids
+            }
 
     def cost(t):
         try:
@@ -313,8 +249,10 @@ def run_trials(view, store: Store, trial_ids, base: TrainConfig, data=None, retr
             return 0.0
 
     trial_ids = sorted(trial_ids, key=cost, reverse=True)
-    with DriverLock(store.root, holder="hpo.run_trials"), \
-            tqdm(total=len(trial_ids), desc="trials", unit="trial", disable=not progress) as bar:
+    with (
+        DriverLock(store.root, holder="hpo.run_trials"),
+        tqdm(total=len(trial_ids), desc="trials", unit="trial", disable=not progress) as bar,
+    ):
         futures, watched = submit(trial_ids), set()
         no_engines_since = None
         while futures or watched:
@@ -338,12 +276,15 @@ def run_trials(view, store: Store, trial_ids, base: TrainConfig, data=None, retr
                 elif st.get("status") == "queued" or not store.attempt_alive(t, st):
                     watched.discard(t)
                     futures.update(submit([t]))
-            no_engines_since = (None if view.client.ids else no_engines_since or time.monotonic())
+            no_engines_since = None if view.client.ids else no_engines_since or time.monotonic()
             reason = allocation_ended(view.client)
             gone = bool(reason)  # every attempt on those engines is dead, whatever its lease says
             if reason:
                 reason += ": its engines are gone"
-            elif no_engines_since is not None and time.monotonic() - no_engines_since > no_engines_grace:
+            elif (
+                no_engines_since is not None
+                and time.monotonic() - no_engines_since > no_engines_grace
+            ):
                 reason = f"no engine left for {no_engines_grace:.0f} s"
             elif deadline is not None and time.monotonic() > deadline:
                 reason = f"the search's timeout of {timeout:.0f} s passed"
@@ -373,7 +314,7 @@ def _pigeonhole_bound(durations, engines: int) -> float:
     t = sorted(durations, reverse=True)
     best, k = max(sum(t) / engines, t[0]), 1
     while k * engines + 1 <= len(t):
-        best = max(best, sum(t[k * engines - k:k * engines + 1]))
+        best = max(best, sum(t[k * engines - k : k * engines + 1]))
         k += 1
     return best
 
@@ -401,11 +342,16 @@ def makespan_analysis(durations, engines: int, measured: float | None = None) ->
     loads = [0.0] * engines
     for i, d in enumerate(t):  # task i -> engine i mod E, in submission order
         loads[i % engines] += d
-    out = {"lower_bound": lower, "round_robin": max(loads), "greedy": _list_schedule(t, engines),
-           # the same, had every task's time been known and the longest gone first (LPT)
-           "longest_first": _list_schedule(sorted(t, reverse=True), engines),
-           "pigeonhole_bound": _pigeonhole_bound(t, engines),
-           "sum_task_seconds": sum(t), "engines": engines}
+    out = {
+        "lower_bound": lower,
+        "round_robin": max(loads),
+        "greedy": _list_schedule(t, engines),
+        # the same, had every task's time been known and the longest gone first (LPT)
+        "longest_first": _list_schedule(sorted(t, reverse=True), engines),
+        "pigeonhole_bound": _pigeonhole_bound(t, engines),
+        "sum_task_seconds": sum(t),
+        "engines": engines,
+    }
     if measured is not None:
         out["measured"] = measured
         out["measured_over_lower_bound"] = measured / lower

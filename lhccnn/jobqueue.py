@@ -42,10 +42,21 @@ class SlurmDask:
     without closing (SIGKILL), a watchdog process cancels the jobs (by their unique job name).
     """
 
-    def __init__(self, workers: int = 2, threads: int = 1, cpus: int | None = None,
-                 memory: str = "4GiB", walltime: str = "00:30:00", sbatch_options: str = "",
-                 log_dir: str | Path | None = None, prologue=(), interface: str | None = None,
-                 python: str | None = None, wait: float = 300.0, warm_up: bool = True):
+    def __init__(
+        self,
+        workers: int = 2,
+        threads: int = 1,
+        cpus: int | None = None,
+        memory: str = "4GiB",
+        walltime: str = "00:30:00",
+        sbatch_options: str = "",
+        log_dir: str | Path | None = None,
+        prologue=(),
+        interface: str | None = None,
+        python: str | None = None,
+        wait: float = 300.0,
+        warm_up: bool = True,
+    ):
         for name, value in (("workers", workers), ("threads", threads), ("cpus", cpus or threads)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -67,30 +78,44 @@ class SlurmDask:
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="lhccnn-dask-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.cluster = SLURMCluster(
-            cores=threads, processes=1, job_cpu=cpus or threads, memory=memory, walltime=walltime,
-            job_name=self.job_name, job_extra_directives=extra,
-            job_script_prologue=list(prologue), log_directory=str(self.log_dir),
-            interface=interface, python=python or sys.executable, silence_logs="error",
+            cores=threads,
+            processes=1,
+            job_cpu=cpus or threads,
+            memory=memory,
+            walltime=walltime,
+            job_name=self.job_name,
+            job_extra_directives=extra,
+            job_script_prologue=list(prologue),
+            log_directory=str(self.log_dir),
+            interface=interface,
+            python=python or sys.executable,
+            silence_logs="error",
             # mutual TLS with credentials only this user can read (workers read them by path on
             # the shared filesystem); the scheduler listens on this host's address only (or the
             # interface asked for), its dashboard on loopback (any free port: 8787 may be taken)
-            security=dask_tls(self.log_dir / "security"), protocol="tls://",
-            scheduler_options={"dashboard_address": "127.0.0.1:0",
-                               **({} if interface else {"host": host_address()})})
+            security=dask_tls(self.log_dir / "security"),
+            protocol="tls://",
+            scheduler_options={
+                "dashboard_address": "127.0.0.1:0",
+                **({} if interface else {"host": host_address()}),
+            },
+        )
         self.client = None
         self._job_ids: set[str] = set()
         self._watchdog: Watchdog | None = None
         self._submitted = False  # nothing to cancel before the first sbatch
         try:
             self._check_job_script()
-            self._watchdog = Watchdog.start(self.log_dir / "watchdog.json", job_names=[self.job_name])
+            self._watchdog = Watchdog.start(
+                self.log_dir / "watchdog.json", job_names=[self.job_name]
+            )
             self._submitted = True
             self.cluster.scale(workers)
             self.client = Client(self.cluster, security=self.cluster.security)
             self._wait(wait)
             self._watchdog.update(jobs=self.job_ids())
             if warm_up:
-                from .pbt import warm_up_worker
+                from .train import warm_up_worker
 
                 self.client.run(warm_up_worker)  # import TensorFlow once, before any timing
         except BaseException:
@@ -118,8 +143,9 @@ class SlurmDask:
         try:
             slurm.run("sbatch", "--test-only", str(script))
         except slurm.SlurmError as e:
-            raise ClusterError(f"SLURM refuses the Dask worker's job: {e}\n"
-                               f"job script ({script}):\n{text}") from None
+            raise ClusterError(
+                f"SLURM refuses the Dask worker's job: {e}\njob script ({script}):\n{text}"
+            ) from None
 
     def _wait(self, timeout: float) -> None:
         """Until every worker has connected; else say what the jobs are doing (squeue's reason)."""
@@ -131,7 +157,8 @@ class SlurmDask:
                     f"{up} of {self.workers} Dask workers "
                     f"connected after {timeout:.0f} s; their jobs: "
                     + ("; ".join(f"{j} {s}" for j, s in states.items()) or "none in the queue")
-                    + f". Worker logs: {self.log_dir}")
+                    + f". Worker logs: {self.log_dir}"
+                )
             time.sleep(1.0)
 
     def _queue_states(self) -> dict[str, str]:

@@ -19,25 +19,41 @@ USAGE = """\
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="%ipcluster", usage=USAGE.replace("%", "%%"), exit_on_error=False,
-                                description="Start an IPyParallel cluster whose engines run in a "
-                                            "SLURM allocation, show it, stop it.")
+    p = argparse.ArgumentParser(
+        prog="%ipcluster",
+        usage=USAGE.replace("%", "%%"),
+        exit_on_error=False,
+        description="Start an IPyParallel cluster whose engines run in a "
+        "SLURM allocation, show it, stop it.",
+    )
     sub = p.add_subparsers(dest="cmd")
-    s = sub.add_parser("start", prog="%ipcluster start", exit_on_error=False,
-                       help="allocate nodes, start controller and engines, wait, connect, enable %%px")
+    s = sub.add_parser(
+        "start",
+        prog="%ipcluster start",
+        exit_on_error=False,
+        help="allocate nodes, start controller and engines, wait, connect, enable %%px",
+    )
     s.add_argument("-N", "--nodes", type=int, default=1, help="nodes (default 1)")
-    s.add_argument("-n", "--engines", type=int, default=None, help="engines (default: one per node)")
+    s.add_argument(
+        "-n", "--engines", type=int, default=None, help="engines (default: one per node)"
+    )
     s.add_argument("-t", "--time", default="00:30:00", help="time limit (default 00:30:00)")
     s.add_argument("-C", "--constraint", help="node features, e.g. cpu or gpu on Perlmutter")
     s.add_argument("-q", "--qos", help="e.g. interactive or debug")
     s.add_argument("-p", "--partition")
     s.add_argument("-A", "--account", help="default: $SBATCH_ACCOUNT")
     s.add_argument("--mpi", action="store_true", help="engines as one MPI job (for Horovod)")
-    s.add_argument("--wait", type=float, default=120.0,
-                   help="seconds to wait for the allocation and the engines (default 120)")
+    s.add_argument(
+        "--wait",
+        type=float,
+        default=120.0,
+        help="seconds to wait for the allocation and the engines (default 120)",
+    )
     s.add_argument("--local", action="store_true", help="engines on this machine, without SLURM")
     sub.add_parser("status", prog="%ipcluster status", help="job, state, nodes, engines")
-    sub.add_parser("stop", prog="%ipcluster stop", help="stop engines and controller, cancel the job")
+    sub.add_parser(
+        "stop", prog="%ipcluster stop", help="stop engines and controller, cancel the job"
+    )
     return p
 
 
@@ -59,14 +75,20 @@ def cluster_options(line: str) -> dict:
     Lets a notebook keep one `slurm_options` string for the magic and for the Python API.
     """
     args = _parse("start " + line)
-    return {k: getattr(args, k) for k in ("time", "constraint", "qos", "partition", "account", "wait")}
+    return {
+        k: getattr(args, k) for k in ("time", "constraint", "qos", "partition", "account", "wait")
+    }
 
 
 def format_status(info: dict) -> str:
-    lines = [f"job {info['job_id'] or '-'}  state {info['state']}  nodes {info['nodes'] or '-'}",
-             f"{len(info['engines'])} engines:"]
-    lines += [f"  engine {e['id']}: host {e['host']}  node {e['slurm_node'] or '-'}  pid {e['pid']}"
-              for e in info["engines"]]
+    lines = [
+        f"job {info['job_id'] or '-'}  state {info['state']}  nodes {info['nodes'] or '-'}",
+        f"{len(info['engines'])} engines:",
+    ]
+    lines += [
+        f"  engine {e['id']}: host {e['host']}  node {e['slurm_node'] or '-'}  pid {e['pid']}"
+        for e in info["engines"]
+    ]
     return "\n".join(lines)
 
 
@@ -87,9 +109,18 @@ class ClusterMagics(Magics):
         if self.cluster is not None and not self.cluster.stopped:
             raise UsageError("a cluster is already running: %ipcluster stop first")
         try:
-            spec = ClusterSpec(nodes=a.nodes, engines=a.engines, time=a.time,
-                               constraint=a.constraint, qos=a.qos, partition=a.partition,
-                               account=a.account, mpi=a.mpi, wait=a.wait, local=a.local)
+            spec = ClusterSpec(
+                nodes=a.nodes,
+                engines=a.engines,
+                time=a.time,
+                constraint=a.constraint,
+                qos=a.qos,
+                partition=a.partition,
+                account=a.account,
+                mpi=a.mpi,
+                wait=a.wait,
+                local=a.local,
+            )
         except ValueError as e:
             raise UsageError(f"{e}\nusage:\n{USAGE}") from None
         where = "on this machine" if spec.local else f"on {spec.nodes} SLURM node(s)"
@@ -99,8 +130,10 @@ class ClusterMagics(Magics):
         except (ClusterError, SlurmError) as e:
             raise UsageError(str(e)) from None
         job = f" (SLURM job {self.cluster.job_id})" if self.cluster.job_id else ""
-        print(f"{spec.n} engines ready in {self.cluster.started_seconds:.1f} s{job}; "
-              "%px and %%px now run on all of them")
+        print(
+            f"{spec.n} engines ready in {self.cluster.started_seconds:.1f} s{job}; "
+            "%px and %%px now run on all of them"
+        )
         return self.cluster
 
     def _status(self, a):
@@ -126,5 +159,5 @@ class ClusterMagics(Magics):
 
 
 def load_ipython_extension(ipython):
-    """%load_ext lhccnn.magics (a kernel's exit stops the cluster: Cluster.start registers atexit)"""
+    """%load_ext lhccnn.magics (a kernel's exit stops the cluster: Cluster.start uses atexit)"""
     ipython.register_magics(ClusterMagics(ipython))

@@ -31,7 +31,8 @@ def seeded_dropout_layer():
             self.state = types.SimpleNamespace(
                 rate=tf.Variable(float(rate), trainable=False, dtype=tf.float32),
                 seed=tf.Variable(0, trainable=False, dtype=tf.int64),
-                calls=tf.Variable(0, trainable=False, dtype=tf.int64))
+                calls=tf.Variable(0, trainable=False, dtype=tf.int64),
+            )
 
         def call(self, inputs, training=None):
             if not training:
@@ -45,14 +46,19 @@ def seeded_dropout_layer():
 
 def reseed(model, dropout: float, seed: int) -> None:
     """Set the rate and restart the random stream of a reusable model's dropout layers."""
-    for i, layer in enumerate(l for l in model.layers if hasattr(l, "state")):
+    for i, layer in enumerate(x for x in model.layers if hasattr(x, "state")):
         layer.state.rate.assign(dropout)
         layer.state.seed.assign(seed * 16 + i)  # a stream per layer
         layer.state.calls.assign(0)
 
 
-def build_model(config: ModelConfig | None = None, input_shape=IMAGE_SHAPE, compile=True,
-                optimizer=None, reusable=False):
+def build_model(
+    config: ModelConfig | None = None,
+    input_shape=IMAGE_SHAPE,
+    compile=True,
+    optimizer=None,
+    reusable=False,
+):
     """Build the CNN.
 
     Shapes with the defaults: (64,64,1) -conv8/pool-> (32,32,8) -conv16/pool-> (16,16,16)

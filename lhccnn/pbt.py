@@ -25,11 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from . import ga
+from . import space as search_space
 from .cluster import AllocationEnded, allocation_ended
 from .config import TrainConfig, data_dir
 from .files import append_line, locked, read_json, read_lines, write_json
-from .hpo import Choice, LogUniform, Uniform, space_from_dict, space_to_dict, trial_config, validate_space
+from .hpo import trial_config
 from .runner import callback, run_attempt
+from .space import LINEAGE, space_from_dict, space_to_dict, validate_space
 from .store import CheckpointError, DriverLock, Store
 
 log = logging.getLogger(__name__)
@@ -37,11 +39,16 @@ log = logging.getLogger(__name__)
 
 def default_space() -> dict:
     """What may change along a lineage: not the architecture, whose weights are inherited."""
-    return {
-        "lr": LogUniform(1e-4, 3e-2),
-        "dropout": Uniform(0.0, 0.7),
-        "optimizer": Choice(("Adam", "Nadam", "RMSprop", "SGD")),
-    }
+    return search_space.default_space(LINEAGE)
+
+
+def member_config(n_train: int = 4096, n_val: int = 1024, **changes) -> TrainConfig:
+    """A PBT member's training, shared by notebook 05, `lhccnn pbt` and the benchmarks: batch 64,
+    no learning-rate warm-up (a member continues from weights it inherited), one epoch per call
+    (PBTConfig.epochs_per_generation says how many calls make a generation)."""
+    return TrainConfig(
+        n_train=n_train, n_val=n_val, batch_size=64, epochs=1, warmup_epochs=0.0, **changes
+    )
 
 
 @dataclass(frozen=True)
@@ -60,8 +67,11 @@ class PBTConfig:
     seed: int = 0
 
     def __post_init__(self):
-        check_steering(population=self.population, mutation_rate=self.mutation_rate,
-                       crossover_rate=self.crossover_rate)
+        check_steering(
+            population=self.population,
+            mutation_rate=self.mutation_rate,
+            crossover_rate=self.crossover_rate,
+        )
         for name in ("generations", "epochs_per_generation"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -138,8 +148,9 @@ class GenerationFailed(RuntimeError):
     """No member of a generation reached a figure of merit: nothing to breed from."""
 
 
-def load_inherited(model, store: Store, trial_id: str | None,
-                   optimizer: str | None = None) -> tuple[str | None, list[str], bool]:
+def load_inherited(
+    model, store: Store, trial_id: str | None, optimizer: str | None = None
+) -> tuple[str | None, list[str], bool]:
     """Load the verified checkpoint of `trial_id` (and its optimizer state, if `optimizer` is
     the kind that saved it); if it is bad, its parent's, and so on up the lineage. Returns
     (the trial whose weights were loaded or None, the warnings, whether the optimizer state
@@ -153,7 +164,8 @@ def load_inherited(model, store: Store, trial_id: str | None,
         except (CheckpointError, OSError, ValueError) as e:
             parent = (store.config(trial_id) or {}).get("inherit")
             msg = f"checkpoint of {trial_id} unusable ({e}); falling back to " + (
-                f"its parent's {parent}" if parent else "fresh weights")
+                f"its parent's {parent}" if parent else "fresh weights"
+            )
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
             log.warning(msg)
             warned.append(msg)
@@ -166,8 +178,15 @@ def member_seed(seed: int, generation: int, member: int) -> int:
     return int(np.random.SeedSequence([seed, generation, member]).generate_state(1)[0] % 2**31)
 
 
-def train_member(store_root: str, trial_id: str, base: TrainConfig, data: str | None = None,
-                 epochs: int = 1, seed: int = 0, work=None) -> dict:
+def train_member(
+    store_root: str,
+    trial_id: str,
+    base: TrainConfig,
+    data: str | None = None,
+    epochs: int = 1,
+    seed: int = 0,
+    work=None,
+) -> dict:
     """Train one member for `epochs` epochs from its inherited weights (on a Dask worker).
 
     One attempt as lhccnn.runner runs every trial: per-epoch metrics and verified checkpoints,
@@ -177,10 +196,12 @@ def train_member(store_root: str, trial_id: str, base: TrainConfig, data: str | 
     benchmarks only).
     """
     if work is not None:
-        return run_attempt(store_root, trial_id,
-                           lambda attempt: work.train_member(attempt, epochs, load_inherited))
-    return run_attempt(store_root, trial_id,
-                       lambda attempt: _train_member(attempt, base, data, epochs, seed))
+        return run_attempt(
+            store_root, trial_id, lambda attempt: work.train_member(attempt, epochs, load_inherited)
+        )
+    return run_attempt(
+        store_root, trial_id, lambda attempt: _train_member(attempt, base, data, epochs, seed)
+    )
 
 
 def _train_member(attempt, base: TrainConfig, data, epochs: int, seed: int) -> dict:
@@ -194,7 +215,9 @@ def _train_member(attempt, base: TrainConfig, data, epochs: int, seed: int) -> d
     task_started = store.status(trial_id).get("task_started") or time.time()
     generation, member = cfg["generation"], cfg["member"]
     hp = {k: v for k, v in cfg.items() if k not in LINEAGE_KEYS}
-    config = trial_config(base, hp).replace(epochs=epochs, seed=member_seed(seed, generation, member))
+    config = trial_config(base, hp).replace(
+        epochs=epochs, seed=member_seed(seed, generation, member)
+    )
     data = Path(data) if data else data_dir()
     train.configure_threads(config.intra_threads, config.inter_threads)
     tf.keras.utils.set_random_seed(config.seed)
@@ -206,8 +229,9 @@ def _train_member(attempt, base: TrainConfig, data, epochs: int, seed: int) -> d
     setup_s = time.perf_counter() - t
 
     t = time.perf_counter()
-    loaded_from, warned, optimizer_kept = load_inherited(model, store, cfg.get("inherit"),
-                                                         config.model.optimizer)
+    loaded_from, warned, optimizer_kept = load_inherited(
+        model, store, cfg.get("inherit"), config.model.optimizer
+    )
     if loaded_from is None and not fresh:  # no usable ancestor: fresh weights, as a new member
         model = _member_model(config.model, fresh=True)
     if not optimizer_kept:
@@ -224,11 +248,20 @@ def _train_member(attempt, base: TrainConfig, data, epochs: int, seed: int) -> d
     val_loss = math.nan if cb.nan else history["val_loss"][-1]
     now = time.time()
     return attempt.finish(
-        "completed" if math.isfinite(val_loss) else "diverged", val_loss=val_loss,
-        val_accuracy=history["val_accuracy"][-1], optimizer_kept=optimizer_kept,
-        loaded_from=loaded_from, warnings=warned, setup_s=setup_s, load_s=load_s,
-        train_s=train_s, save_s=cb.save_s, finished=now, task_seconds=now - task_started,
-        **({"reason": "loss became NaN"} if cb.nan else {}))
+        "completed" if math.isfinite(val_loss) else "diverged",
+        val_loss=val_loss,
+        val_accuracy=history["val_accuracy"][-1],
+        optimizer_kept=optimizer_kept,
+        loaded_from=loaded_from,
+        warnings=warned,
+        setup_s=setup_s,
+        load_s=load_s,
+        train_s=train_s,
+        save_s=cb.save_s,
+        finished=now,
+        task_seconds=now - task_started,
+        **({"reason": "loss became NaN"} if cb.nan else {}),
+    )
 
 
 LINEAGE_KEYS = ("generation", "member", "parents", "inherit")
@@ -256,44 +289,30 @@ def _member_model(mc, fresh: bool):
     return cache[key]
 
 
-def warm_up_worker() -> str:
-    """Import TensorFlow on a worker before the first generation, so that generation's time
-    (and its overhead figure) is not the one-off import."""
-    import tensorflow as tf
-
-    return tf.__version__
-
-
 # ---------------------------------------------------------------------------- the loop
 class PBT:
-    """A PBT run kept in `root`. New: give base, space and config. Existing: `PBT(root)` reads
-    them back and `run()` resumes at the first unfinished generation. `work`: simulated
-    training (lhccnn.simulate, scale benchmarks only), recorded in pbt.json."""
+    """A PBT run kept in `root`. `PBT.create(root, base, space, config)` starts a new one,
+    `PBT.open(root)` reads one back; `PBT(root, ...)` does whichever applies (a notebook run
+    again after its kernel died resumes). `run()` resumes at the first unfinished generation.
+    `work`: simulated training (lhccnn.simulate, scale benchmarks only), recorded in pbt.json."""
 
-    def __init__(self, root, base: TrainConfig | None = None, space: dict | None = None,
-                 config: PBTConfig | None = None, data=None, work=None):
+    def __init__(
+        self,
+        root,
+        base: TrainConfig | None = None,
+        space: dict | None = None,
+        config: PBTConfig | None = None,
+        data=None,
+        work=None,
+    ):
         self.root = Path(root)
         self.store = Store(self.root)
         self.steering = Steering(self.root)
-        meta_path = self.root / "pbt.json"
-        meta = read_json(meta_path)
+        meta = read_json(self.root / "pbt.json")
         if meta is None:
-            space = validate_space(space or default_space())
-            meta = {"base": (base or TrainConfig()).to_dict(), "space": space_to_dict(space),
-                    "config": dataclasses.asdict(config or PBTConfig()),
-                    "data": str(data) if data else None, "created": time.time(),
-                    "work": work.to_dict() if work is not None else None}
-            write_json(meta_path, meta)
-            self.steering.set(**{k: meta["config"][k] for k in
-                                 ("mutation_rate", "crossover_rate", "population")},
-                              paused=False, stopped=False)
+            meta = self._write_new(base, space, config, data, work)
         else:
-            given = {"base": base and base.to_dict(), "space": space and space_to_dict(space),
-                     "config": config and dataclasses.asdict(config)}
-            for key, value in given.items():
-                if value is not None and json.loads(json.dumps(value)) != meta[key]:
-                    raise ValueError(f"{meta_path} already holds a PBT run with another {key}; "
-                                     f"open it with PBT({str(self.root)!r}) or use a new directory")
+            self._check_same(meta, base=base, space=space, config=config)
         self.base = TrainConfig.from_dict(meta["base"])
         self.space = space_from_dict(meta["space"])
         self.config = PBTConfig(**meta["config"])
@@ -301,6 +320,51 @@ class PBT:
         self.work = _work_from_dict(meta.get("work"))
         self._thread = None
         self._error = None
+
+    @classmethod
+    def create(cls, root, base=None, space=None, config=None, data=None, work=None) -> PBT:
+        """A new run in `root`; refuses a folder that already holds one."""
+        if (Path(root) / "pbt.json").exists():
+            raise FileExistsError(f"{Path(root) / 'pbt.json'}: a PBT run is already there")
+        return cls(root, base, space, config, data, work)
+
+    @classmethod
+    def open(cls, root) -> PBT:
+        """The run kept in `root`, as it was created; refuses a folder that holds none."""
+        if not (Path(root) / "pbt.json").exists():
+            raise FileNotFoundError(f"{Path(root) / 'pbt.json'}: no PBT run there")
+        return cls(root)
+
+    def _write_new(self, base, space, config, data, work) -> dict:
+        meta = {
+            "base": (base or TrainConfig()).to_dict(),
+            "space": space_to_dict(validate_space(space or default_space())),
+            "config": dataclasses.asdict(config or PBTConfig()),
+            "data": str(data) if data else None,
+            "created": time.time(),
+            "work": work.to_dict() if work is not None else None,
+        }
+        write_json(self.root / "pbt.json", meta)
+        self.steering.set(
+            **{k: meta["config"][k] for k in ("mutation_rate", "crossover_rate", "population")},
+            paused=False,
+            stopped=False,
+        )
+        return meta
+
+    def _check_same(self, meta: dict, **given) -> None:
+        """What the caller gave must be what the run on disk was created with."""
+        as_dicts = {
+            "base": given["base"] and given["base"].to_dict(),
+            "space": given["space"] and space_to_dict(given["space"]),
+            "config": given["config"] and dataclasses.asdict(given["config"]),
+        }
+        for key, value in as_dicts.items():
+            if value is not None and json.loads(json.dumps(value)) != meta[key]:
+                raise ValueError(
+                    f"{self.root / 'pbt.json'} already holds a PBT run with another {key}; "
+                    f"open it with PBT.open({str(self.root)!r}) or use a new directory"
+                )
 
     # -------------------------------------------------------------- reading the store
     def members(self, generation: int) -> list[str]:
@@ -327,10 +391,16 @@ class PBT:
             statuses = [self.store.status(t) for t in ids]
             fit = _fitness_or_none([st.get("val_loss") for st in statuses])
             for i, (t, st) in enumerate(zip(ids, statuses)):
-                rows.append({"trial": t, **self.store.config(t), "status": st.get("status"),
-                             "val_loss": st.get("val_loss"),
-                             "fitness": fit[i] if fit is not None else None,
-                             "val_accuracy": st.get("val_accuracy")})
+                rows.append(
+                    {
+                        "trial": t,
+                        **self.store.config(t),
+                        "status": st.get("status"),
+                        "val_loss": st.get("val_loss"),
+                        "fitness": fit[i] if fit is not None else None,
+                        "val_accuracy": st.get("val_accuracy"),
+                    }
+                )
         return pd.DataFrame(rows).set_index("trial") if rows else pd.DataFrame()
 
     def history(self) -> list[dict]:
@@ -338,15 +408,30 @@ class PBT:
         out = []
         for g in range(self.finished_generations()):
             rec = self.generation_record(g)
-            losses = np.array([self.store.status(t).get("val_loss", np.nan) for t in rec["members"]],
-                              dtype=float)
+            losses = np.array(
+                [self.store.status(t).get("val_loss", np.nan) for t in rec["members"]], dtype=float
+            )
             ok = np.isfinite(losses)
             best = int(np.nanargmin(np.where(ok, losses, np.nan))) if ok.any() else None
-            out.append({"generation": g, "mean_val_loss": float(np.mean(losses[ok])) if ok.any() else None,
-                        "best_val_loss": float(losses[best]) if best is not None else None,
-                        "best": rec["members"][best] if best is not None else None,
-                        **{k: rec.get(k) for k in ("wall_s", "work_s", "overhead_s",
-                                                   "overhead_fraction", "checkpoint_s", "workers")}})
+            out.append(
+                {
+                    "generation": g,
+                    "mean_val_loss": float(np.mean(losses[ok])) if ok.any() else None,
+                    "best_val_loss": float(losses[best]) if best is not None else None,
+                    "best": rec["members"][best] if best is not None else None,
+                    **{
+                        k: rec.get(k)
+                        for k in (
+                            "wall_s",
+                            "work_s",
+                            "overhead_s",
+                            "overhead_fraction",
+                            "checkpoint_s",
+                            "workers",
+                        )
+                    },
+                }
+            )
         return out
 
     def best_lineage(self) -> list[str]:
@@ -363,11 +448,20 @@ class PBT:
 
     def best_fom(self) -> float:
         """The lowest validation loss any member reached at the end of any epoch."""
-        return min((m["val_loss"] for t in self.store.trial_ids() for m in self.store.metrics(t)
-                    if math.isfinite(m.get("val_loss", math.nan))), default=math.nan)
+        return min(
+            (
+                m["val_loss"]
+                for t in self.store.trial_ids()
+                for m in self.store.metrics(t)
+                if math.isfinite(m.get("val_loss", math.nan))
+            ),
+            default=math.nan,
+        )
 
     # -------------------------------------------------------------- running
-    def run(self, client, on_generation=None, progress: bool = True, poll: float = 0.5) -> list[dict]:
+    def run(
+        self, client, on_generation=None, progress: bool = True, poll: float = 0.5
+    ) -> list[dict]:
         """Run (or resume) generations until the last, or until the steering says stop.
 
         `client` is a dask.distributed Client (from `ipyparallel.Client.become_dask()` or
@@ -443,45 +537,87 @@ class PBT:
         size = values.get("population", cfg.population)
         if g == 0:
             rng = np.random.default_rng([cfg.seed, 0])
-            plan = [{"hp": ga.sample(self.space, rng), "parents": (), "inherit": None}
-                    for _ in range(size)]
+            plan = [
+                {"hp": ga.sample(self.space, rng), "parents": (), "inherit": None}
+                for _ in range(size)
+            ]
         else:
             prev = self.members(g - 1)
             losses = [self.store.status(t).get("val_loss", math.nan) for t in prev]
             hps = [{k: self.store.config(t)[k] for k in self.space} for t in prev]
             keep = min(cfg.n_survivors(size), len(prev))  # the population may have grown
-            plan = ga.breed(hps, losses, self.space, np.random.default_rng([cfg.seed, g]),
-                            mutation_rate=values.get("mutation_rate", cfg.mutation_rate),
-                            crossover_rate=values.get("crossover_rate", cfg.crossover_rate),
-                            n_elite=keep, size=size, n_parents=min(max(2, keep), len(prev)))
+            plan = ga.breed(
+                hps,
+                losses,
+                self.space,
+                np.random.default_rng([cfg.seed, g]),
+                mutation_rate=values.get("mutation_rate", cfg.mutation_rate),
+                crossover_rate=values.get("crossover_rate", cfg.crossover_rate),
+                n_elite=keep,
+                size=size,
+                n_parents=min(max(2, keep), len(prev)),
+            )
             for p in plan:  # indices into the previous generation -> its trial ids
                 p["parents"] = sorted({prev[i] for i in p["parents"]})
                 p["inherit"] = prev[p["inherit"]]
         ids = []
         for m, p in enumerate(plan):
-            ids.append(self.store.create_trial(
-                {**p["hp"], "generation": g, "member": m, "parents": list(p["parents"]),
-                 "inherit": p["inherit"]}, trial_id=f"g{g:03d}-m{m:02d}"))
+            ids.append(
+                self.store.create_trial(
+                    {
+                        **p["hp"],
+                        "generation": g,
+                        "member": m,
+                        "parents": list(p["parents"]),
+                        "inherit": p["inherit"],
+                    },
+                    trial_id=f"g{g:03d}-m{m:02d}",
+                )
+            )
         self._gen_path(g).parent.mkdir(exist_ok=True)
-        write_json(self._gen_path(g), {"generation": g, "members": ids, "created": time.time(),
-                                        "steering": values})
+        write_json(
+            self._gen_path(g),
+            {"generation": g, "members": ids, "created": time.time(), "steering": values},
+        )
         return ids
 
     def _run_generation(self, client, g: int, ids: list[str], progress: bool) -> None:
+        t0 = time.perf_counter()
+        todo = self._members_to_train(ids)
+        self._train_members(client, g, len(ids), todo, progress)
+        self._finish_generation(client, g, ids, time.perf_counter() - t0)
+
+    def _members_to_train(self, ids: list[str]) -> list[str]:
+        """The members without a result; those that failed or were stopped in an earlier run
+        are queued again."""
+        todo = [
+            t for t in ids if self.store.status(t).get("status") not in ("completed", "diverged")
+        ]
+        for t in todo:
+            if self.store.status(t).get("status") in ("failed", "stopped"):
+                self.store.requeue(t)
+        return todo
+
+    def _train_members(self, client, g: int, size: int, todo: list[str], progress: bool) -> None:
+        """Train `todo` on the Dask workers, one member per free worker thread."""
         from distributed import wait
         from tqdm.auto import tqdm
 
-        t0 = time.perf_counter()
-        todo = [t for t in ids if self.store.status(t).get("status") not in ("completed", "diverged")]
-        for t in todo:  # members that failed or were stopped in an earlier run: train them again
-            if self.store.status(t).get("status") in ("failed", "stopped"):
-                self.store.requeue(t)
         futures = {}
 
         def submit(t):
-            f = client.submit(train_member, str(self.root), t, self.base, self.data,
-                              self.config.epochs_per_generation, self.config.seed,
-                              self.work, pure=False, retries=1)
+            f = client.submit(
+                train_member,
+                str(self.root),
+                t,
+                self.base,
+                self.data,
+                self.config.epochs_per_generation,
+                self.config.seed,
+                self.work,
+                pure=False,
+                retries=1,
+            )
             futures[f] = t
             return f
 
@@ -491,8 +627,13 @@ class PBT:
         slots = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()) or 1
         pending = {submit(t) for t in todo[:slots]}
         waiting = todo[slots:]
-        with tqdm(total=len(ids), initial=len(ids) - len(todo), desc=f"generation {g}",
-                  unit="member", disable=not progress) as bar:
+        with tqdm(
+            total=size,
+            initial=size - len(todo),
+            desc=f"generation {g}",
+            unit="member",
+            disable=not progress,
+        ) as bar:
             while pending:
                 try:  # wake at least every second: the allocation may have ended meanwhile
                     done, pending = wait(pending, timeout=1.0, return_when="FIRST_COMPLETED")
@@ -501,31 +642,44 @@ class PBT:
                 ended = allocation_ended(client)
                 if ended:
                     client.cancel(list(pending))
-                    raise AllocationEnded(f"{ended}: generation {g} stopped with "
-                                          f"{len(pending) + len(waiting)} members unfinished; "
-                                          "run() resumes it on a new cluster")
+                    raise AllocationEnded(
+                        f"{ended}: generation {g} stopped with "
+                        f"{len(pending) + len(waiting)} members unfinished; "
+                        "run() resumes it on a new cluster"
+                    )
                 for f in done:
-                    t = futures[f]
                     if waiting:
                         pending.add(submit(waiting.pop(0)))
-                    try:
-                        st = f.result()
-                        for msg in st.get("warnings") or []:  # raised on the worker: say it here
-                            warnings.warn(f"{t}: {msg}", RuntimeWarning, stacklevel=2)
-                        bar.set_postfix_str(f"{t}: val_loss {st.get('val_loss', math.nan):.4f}")
-                    except Exception as e:  # a member that keeps failing: fitness 0, the run goes on
-                        self.store.fail(t, f"{type(e).__name__}: {e}")
-                        log.warning("%s failed: %s", t, e)
-                    bar.update()
-        wall = time.perf_counter() - t0
+                    self._collect(f, futures[f], bar)
+
+    def _collect(self, future, trial_id: str, bar) -> None:
+        """A finished member's task: its warnings said here, its failure recorded (fitness 0,
+        the run goes on)."""
+        try:
+            st = future.result()
+            for msg in st.get("warnings") or []:  # raised on the worker: say it here
+                warnings.warn(f"{trial_id}: {msg}", RuntimeWarning, stacklevel=3)
+            bar.set_postfix_str(f"{trial_id}: val_loss {st.get('val_loss', math.nan):.4f}")
+        except Exception as e:  # a member that keeps failing
+            self.store.fail(trial_id, f"{type(e).__name__}: {e}")
+            log.warning("%s failed: %s", trial_id, e)
+        bar.update()
+
+    def _finish_generation(self, client, g: int, ids: list[str], wall: float) -> None:
+        """Record the generation's timing and mark it finished; refuse a generation in which no
+        member reached a finite figure of merit."""
         statuses = {t: self.store.status(t) for t in ids}
         if not any(math.isfinite(st.get("val_loss", math.nan)) for st in statuses.values()):
             # left unfinished: after the cause is fixed, run() trains these members again
             t, st = next(iter(statuses.items()))
-            raise GenerationFailed(f"generation {g}: no member reached a finite val_loss; {t} "
-                                   f"{st.get('status')}: {st.get('reason', 'val_loss not finite')}")
+            raise GenerationFailed(
+                f"generation {g}: no member reached a finite val_loss; {t} "
+                f"{st.get('status')}: {st.get('reason', 'val_loss not finite')}"
+            )
         rec = self.generation_record(g)
-        rec.update(self._timing(statuses.values(), wall, len(client.scheduler_info()["workers"]) or 1))
+        rec.update(
+            self._timing(statuses.values(), wall, len(client.scheduler_info()["workers"]) or 1)
+        )
         rec["finished"] = time.time()
         write_json(self._gen_path(g), rec)
 
@@ -542,9 +696,15 @@ class PBT:
                 ckpt += st["load_s"] + st["save_s"]
                 setup += st["setup_s"]
         busiest = max(work.values(), default=0.0)
-        return {"wall_s": wall, "work_s": busiest, "overhead_s": wall - busiest,
-                "overhead_fraction": (wall - busiest) / wall if wall > 0 else None,
-                "checkpoint_s": ckpt, "setup_s": setup, "workers": workers}
+        return {
+            "wall_s": wall,
+            "work_s": busiest,
+            "overhead_s": wall - busiest,
+            "overhead_fraction": (wall - busiest) / wall if wall > 0 else None,
+            "checkpoint_s": ckpt,
+            "setup_s": setup,
+            "workers": workers,
+        }
 
 
 def _work_from_dict(d: dict | None):
@@ -563,29 +723,46 @@ def _fitness_or_none(losses):
         return None
 
 
-def compare_with_random_search(client, root, base: TrainConfig, config: PBTConfig, seeds,
-                               space: dict | None = None, data=None, progress: bool = True) -> list[dict]:
+def compare_with_random_search(
+    client,
+    root,
+    base: TrainConfig,
+    config: PBTConfig,
+    seeds,
+    space: dict | None = None,
+    data=None,
+    progress: bool = True,
+) -> list[dict]:
     """PBT against random search at equal compute, per seed: random search trains the same
     initial population (same seed) for generations x epochs_per_generation epochs each, with no
     breeding, so both spend the same number of epochs. Best figure of merit = lowest validation
-    loss reached at the end of any epoch."""
+    loss reached at the end of any epoch. Times (`pbt_s`, `random_s`) are the sums of the runs'
+    recorded generation wall times, so a run read back from disk reports what it took to train,
+    not the moment it took to read."""
     rows = []
     for seed in seeds:
         cfg = dataclasses.replace(config, seed=seed)
-        rs_cfg = dataclasses.replace(cfg, generations=1,
-                                     epochs_per_generation=cfg.generations * cfg.epochs_per_generation)
+        rs_cfg = dataclasses.replace(
+            cfg, generations=1, epochs_per_generation=cfg.generations * cfg.epochs_per_generation
+        )
         pbt = PBT(Path(root) / f"seed{seed}" / "pbt", base, space, cfg, data)
         rs = PBT(Path(root) / f"seed{seed}" / "random", base, space, rs_cfg, data)
-        t = time.perf_counter()
         pbt.run(client, progress=progress)
-        pbt_s = time.perf_counter() - t
-        t = time.perf_counter()
         rs.run(client, progress=progress)
-        rs_s = time.perf_counter() - t
-        epochs = {name: sum(len(r.store.metrics(i)) for i in r.store.trial_ids())
-                  for name, r in (("pbt", pbt), ("random", rs))}
-        rows.append({"seed": seed, "pbt_best_val_loss": pbt.best_fom(),
-                     "random_best_val_loss": rs.best_fom(), "pbt_epochs": epochs["pbt"],
-                     "random_epochs": epochs["random"], "pbt_s": pbt_s, "random_s": rs_s})
+        epochs = {
+            name: sum(len(r.store.metrics(i)) for i in r.store.trial_ids())
+            for name, r in (("pbt", pbt), ("random", rs))
+        }
+        rows.append(
+            {
+                "seed": seed,
+                "pbt_best_val_loss": pbt.best_fom(),
+                "random_best_val_loss": rs.best_fom(),
+                "pbt_epochs": epochs["pbt"],
+                "random_epochs": epochs["random"],
+                "pbt_s": sum(h["wall_s"] for h in pbt.history()),
+                "random_s": sum(h["wall_s"] for h in rs.history()),
+            }
+        )
         rows[-1]["pbt_wins"] = rows[-1]["pbt_best_val_loss"] < rows[-1]["random_best_val_loss"]
     return rows

@@ -38,7 +38,7 @@ def count_jets(hist, et_min: float = JET_ET_MIN, chunk: int = 1024) -> np.ndarra
         hist = hist[..., 0]
     out = np.empty(len(hist), np.int64)
     for start in range(0, len(hist), chunk):  # bounded temporaries for large inputs
-        h = hist[start:start + chunk].astype(np.float32)
+        h = hist[start : start + chunk].astype(np.float32)
         # pad: phi periodically, eta with -inf (nothing beyond the detector edge)
         p = np.pad(h, ((0, 0), (0, 0), (1, 1)), mode="wrap")
         p = np.pad(p, ((0, 0), (1, 1), (0, 0)), constant_values=-np.inf)
@@ -47,14 +47,14 @@ def count_jets(hist, et_min: float = JET_ET_MIN, chunk: int = 1024) -> np.ndarra
         box = np.zeros(h.shape, np.float32)
         for de in (-1, 0, 1):
             for dp in (-1, 0, 1):
-                nb = p[:, 1 + de:1 + de + n_eta, 1 + dp:1 + dp + n_phi]
+                nb = p[:, 1 + de : 1 + de + n_eta, 1 + dp : 1 + dp + n_phi]
                 box += np.where(np.isfinite(nb), nb, 0.0)
                 if (de, dp) == (0, 0):
                     continue
                 # ties: a cell beats equal neighbours that come later in scan order only
                 earlier = (de, dp) < (0, 0)
                 is_max &= (h > nb) if earlier else (h >= nb)
-        out[start:start + chunk] = np.count_nonzero(is_max & (box >= et_min), axis=(1, 2))
+        out[start : start + chunk] = np.count_nonzero(is_max & (box >= et_min), axis=(1, 2))
     return out
 
 
@@ -72,8 +72,9 @@ def _check(y, score, weight):
     y = np.asarray(y)
     score = np.asarray(score, np.float64)
     if y.ndim != 1 or score.shape != y.shape:
-        raise ValueError(f"y and score must be 1-D of the same length, got {y.shape} and "
-                         f"{score.shape}")
+        raise ValueError(
+            f"y and score must be 1-D of the same length, got {y.shape} and {score.shape}"
+        )
     if not np.all((y == 0) | (y == 1)):
         raise ValueError("labels y must be 0 or 1")
     if np.isnan(score).any():

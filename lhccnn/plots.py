@@ -16,8 +16,9 @@ def _box(ax, x, y, w, h, text, color):
 def _arrow(ax, a, b, text="", style="-|>", color="0.3"):
     ax.add_patch(FancyArrowPatch(a, b, arrowstyle=style, mutation_scale=12, color=color, lw=1.2))
     if text:
-        ax.text((a[0] + b[0]) / 2, (a[1] + b[1]) / 2 + 0.03, text, ha="center", fontsize=8,
-                color=color)
+        ax.text(
+            (a[0] + b[0]) / 2, (a[1] + b[1]) / 2 + 0.03, text, ha="center", fontsize=8, color=color
+        )
 
 
 def architecture(nodes: int = 2, ax=None):
@@ -29,19 +30,37 @@ def architecture(nodes: int = 2, ax=None):
     _box(ax, 0.01, 0.42, 0.17, 0.2, "Jupyter notebook\n(kernel, %px,\nwidgets)", "#cfe2f3")
     _box(ax, 0.27, 0.42, 0.17, 0.2, "IPyParallel\ncontroller\n(hub + schedulers)", "#d9ead3")
     _arrow(ax, (0.18, 0.52), (0.27, 0.52), "ZMQ")
-    ax.add_patch(FancyBboxPatch((0.52, 0.04), 0.46, 0.9, boxstyle="round,pad=0.01", fc="#fff2cc",
-                                ec="0.5", ls="--"))
+    ax.add_patch(
+        FancyBboxPatch(
+            (0.52, 0.04), 0.46, 0.9, boxstyle="round,pad=0.01", fc="#fff2cc", ec="0.5", ls="--"
+        )
+    )
     ax.text(0.75, 0.9, "SLURM allocation (sbatch / salloc)", ha="center", fontsize=9)
     h = 0.72 / nodes
     for i in range(nodes):
         y = 0.1 + i * h
-        _box(ax, 0.55, y, 0.33, h * 0.7, f"compute node {i + 1}: ipengine (rank {i})\n"
-             "TensorFlow + Horovod, its data shard", "#fce5cd")
+        _box(
+            ax,
+            0.55,
+            y,
+            0.33,
+            h * 0.7,
+            f"compute node {i + 1}: ipengine (rank {i})\nTensorFlow + Horovod, its data shard",
+            "#fce5cd",
+        )
         _arrow(ax, (0.44, 0.52), (0.55, y + h * 0.35))
         if i:
             _arrow(ax, (0.85, y - h * 0.3), (0.85, y), "", style="<|-|>", color="#cc0000")
-    ax.text(0.935, 0.5, "MPI allreduce\nof gradients", rotation=90, va="center", ha="center",
-            fontsize=8, color="#cc0000")
+    ax.text(
+        0.935,
+        0.5,
+        "MPI allreduce\nof gradients",
+        rotation=90,
+        va="center",
+        ha="center",
+        fontsize=8,
+        color="#cc0000",
+    )
     return ax
 
 
@@ -70,9 +89,11 @@ def roc(pred: dict, axes=None):
             name = "CNN" if key == "cnn" else "cut-based (jets + log HT)"
             ax.plot(fpr, tpr, style, label=f"{name}: AUC {auc:.3f}")
         ax.plot([0, 1], [0, 1], ":", color="0.6")
-        ax.set(xlabel="false positive rate (background efficiency)",
-               ylabel="true positive rate (signal efficiency)",
-               title="weighted by physics weights" if weighted else "unweighted")
+        ax.set(
+            xlabel="false positive rate (background efficiency)",
+            ylabel="true positive rate (signal efficiency)",
+            title="weighted by physics weights" if weighted else "unweighted",
+        )
         ax.legend(loc="lower right")
     return axes
 
@@ -88,12 +109,18 @@ def scaling(rows: list[dict], axes=None):
         by_mode.setdefault(mode, {})[w] = v
     ws = sorted(by_mode["notebook"])
     for mode, marker in (("notebook", "o-"), ("batch", "s--")):
-        line, = axes[0].plot(ws, [by_mode[mode][w] for w in ws], marker, label=f"{mode} (median)")
+        (line,) = axes[0].plot(ws, [by_mode[mode][w] for w in ws], marker, label=f"{mode} (median)")
         runs = [r for r in rows if r["mode"] == mode]  # every repeat, to show the spread
-        axes[0].scatter([r["workers"] for r in runs], [r["samples_per_s"] for r in runs], s=12,
-                        color=line.get_color(), alpha=0.4)
-    axes[0].plot(ws, [by_mode["batch"][ws[0]] * w / ws[0] for w in ws], ":", color="0.6",
-                 label="ideal")
+        axes[0].scatter(
+            [r["workers"] for r in runs],
+            [r["samples_per_s"] for r in runs],
+            s=12,
+            color=line.get_color(),
+            alpha=0.4,
+        )
+    axes[0].plot(
+        ws, [by_mode["batch"][ws[0]] * w / ws[0] for w in ws], ":", color="0.6", label="ideal"
+    )
     axes[0].set(xlabel="workers (Horovod ranks)", ylabel="training samples/s", xticks=ws)
     axes[0].legend()
     axes[1].plot(ws, [by_mode["notebook"][w] / by_mode["batch"][w] for w in ws], "o-")
@@ -114,11 +141,22 @@ def crossover(a: dict, b: dict, child: dict, ax=None):
         y = 2 - row + (0.1 if row < 2 else -0.1)
         ax.text(-1.3, y + 0.35, name, va="center", fontsize=10, weight="bold")
         for i, k in enumerate(keys):
-            src = "a" if name == "parent A" else "b" if name == "parent B" else (
-                "a" if child[k] == a[k] else "b" if child[k] == b[k] else "mutated")
+            src = (
+                "a"
+                if name == "parent A"
+                else "b"
+                if name == "parent B"
+                else ("a" if child[k] == a[k] else "b" if child[k] == b[k] else "mutated")
+            )
             _box(ax, i, y, 0.9, 0.7, f"{k}\n{_short(hp[k])}", colors[src])
-    ax.text(len(keys) / 2 - 0.5, 3.05, "blue: from A   orange: from B   green: mutated",
-            ha="center", fontsize=8, color="0.3")
+    ax.text(
+        len(keys) / 2 - 0.5,
+        3.05,
+        "blue: from A   orange: from B   green: mutated",
+        ha="center",
+        fontsize=8,
+        color="0.3",
+    )
     return ax
 
 
@@ -151,10 +189,14 @@ def pbt_vs_random(rows: list[dict], ax=None):
         bars = ax.bar(x + shift, values, 0.34, label=label)
         ax.bar_label(bars, fmt="%.4f", fontsize=8)
     lo, hi = min(pbt + rs), max(pbt + rs)  # the differences are small: do not start at zero
-    ax.set(xticks=x, xticklabels=[f"seed {r['seed']}" for r in rows], xlim=(-0.7, len(rows) - 0.3),
-           ylim=(lo - 0.3 * (hi - lo) - 0.01, hi + 0.3 * (hi - lo) + 0.01),
-           ylabel="best validation loss (lower is better)",
-           title=f"equal compute: {rows[0]['pbt_epochs']} epochs each" if rows else "")
+    ax.set(
+        xticks=x,
+        xticklabels=[f"seed {r['seed']}" for r in rows],
+        xlim=(-0.7, len(rows) - 0.3),
+        ylim=(lo - 0.3 * (hi - lo) - 0.01, hi + 0.3 * (hi - lo) + 0.01),
+        ylabel="best validation loss (lower is better)",
+        title=f"equal compute: {rows[0]['pbt_epochs']} epochs each" if rows else "",
+    )
     ax.legend()
     return ax
 
@@ -168,9 +210,14 @@ def study_curves(store, highlight=None, ax=None):
         if not ms:
             continue
         bold = t == highlight
-        ax.plot([m["epoch"] for m in ms], [m.get("val_accuracy") for m in ms], "o-" if bold else ".-",
-                lw=2.5 if bold else 1, alpha=1 if bold else 0.6,
-                label=f"{t} ({store.status(t).get('status')})" + (" steered" if bold else ""))
+        ax.plot(
+            [m["epoch"] for m in ms],
+            [m.get("val_accuracy") for m in ms],
+            "o-" if bold else ".-",
+            lw=2.5 if bold else 1,
+            alpha=1 if bold else 0.6,
+            label=f"{t} ({store.status(t).get('status')})" + (" steered" if bold else ""),
+        )
     ax.set(xlabel="epoch", ylabel="validation accuracy")
     ax.legend(fontsize=7, ncol=2)
     return ax
@@ -181,12 +228,22 @@ def pbt_schedule(lineage, chain, keys=("lr", "dropout"), axes=None):
     if axes is None:
         _, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6))
     for ax, key in zip(axes, keys):
-        ax.scatter(lineage["generation"], lineage[key].astype(float), s=18, alpha=0.5,
-                   label="population")
-        ax.plot(lineage.loc[chain, "generation"], lineage.loc[chain, key].astype(float), "o-",
-                color="#cc0000", label="best lineage")
-        ax.set(xlabel="generation", ylabel=key, yscale="log" if key == "lr" else "linear",
-               xticks=sorted(set(lineage["generation"])))
+        ax.scatter(
+            lineage["generation"], lineage[key].astype(float), s=18, alpha=0.5, label="population"
+        )
+        ax.plot(
+            lineage.loc[chain, "generation"],
+            lineage.loc[chain, key].astype(float),
+            "o-",
+            color="#cc0000",
+            label="best lineage",
+        )
+        ax.set(
+            xlabel="generation",
+            ylabel=key,
+            yscale="log" if key == "lr" else "linear",
+            xticks=sorted(set(lineage["generation"])),
+        )
         ax.legend(fontsize=8)
     return axes
 
@@ -200,11 +257,20 @@ def control_plane_at_scale(record: dict, axes=None):
     ax = axes[0]
     study = record.get("study") or []
     n = [r["trials"] for r in study]
-    for key, label in (("open_cold_s", "open (read every trial)"), ("open_s", "open (saved table)"),
-                       ("full_reread_s", "poll, re-reading all"), ("poll_s", "poll, 1 % changed")):
+    for key, label in (
+        ("open_cold_s", "open (read every trial)"),
+        ("open_s", "open (saved table)"),
+        ("full_reread_s", "poll, re-reading all"),
+        ("poll_s", "poll, 1 % changed"),
+    ):
         ax.plot(n, [r[key] for r in study], marker="o", label=label)
-    ax.set(xscale="log", yscale="log", xlabel="trials in the study", ylabel="seconds",
-           title="store and dashboard")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="trials in the study",
+        ylabel="seconds",
+        title="store and dashboard",
+    )
     ax.legend(fontsize=7)
     ax = axes[1]
     sched = record.get("scheduler") or []
@@ -216,18 +282,40 @@ def control_plane_at_scale(record: dict, axes=None):
     ax = axes[2]
     m = record.get("makespan")
     if m:
-        names = ["lower\nbound", "no schedule\nbeats", "measured", "longest\nfirst", "round-\nrobin"]
-        bars = ax.bar(names, [m["lower_bound"], m["pigeonhole_bound"], m["measured"],
-                              m["longest_first"], m["round_robin"]])
+        names = [
+            "lower\nbound",
+            "no schedule\nbeats",
+            "measured",
+            "longest\nfirst",
+            "round-\nrobin",
+        ]
+        bars = ax.bar(
+            names,
+            [
+                m["lower_bound"],
+                m["pigeonhole_bound"],
+                m["measured"],
+                m["longest_first"],
+                m["round_robin"],
+            ],
+        )
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
-        ax.set(ylabel="makespan [s]", title=f"{m['trials']} trials on {m['engines']} engines "
-               f"({record.get('work', '')})")
+        ax.set(
+            ylabel="makespan [s]",
+            title=f"{m['trials']} trials on {m['engines']} engines ({record.get('work', '')})",
+        )
         ax.tick_params(axis="x", labelsize=7)
     ax = axes[3]
     pbt = record.get("pbt")
     if pbt:
-        ax.plot(range(len(pbt["overhead_fraction"])), [100 * f for f in pbt["overhead_fraction"]],
-                marker="o")
-        ax.set(xlabel="generation", ylabel="overhead [% of the generation]",
-               title=f"PBT, population {pbt['population']} on {pbt['workers']} workers")
+        ax.plot(
+            range(len(pbt["overhead_fraction"])),
+            [100 * f for f in pbt["overhead_fraction"]],
+            marker="o",
+        )
+        ax.set(
+            xlabel="generation",
+            ylabel="overhead [% of the generation]",
+            title=f"PBT, population {pbt['population']} on {pbt['workers']} workers",
+        )
     return axes

@@ -68,8 +68,9 @@ def run_attempt(store_root, trial_id: str, body) -> dict:
     task_started = time.time()
     store = Store(store_root)
     engine, engine_id = engine_identity()
-    attempt = store.begin_attempt(trial_id, engine=engine, engine_id=engine_id,
-                                  task_started=task_started)
+    attempt = store.begin_attempt(
+        trial_id, engine=engine, engine_id=engine_id, task_started=task_started
+    )
     if attempt is None:  # stopped before it started, ended, or run live elsewhere
         return {**store.status(trial_id), "ran": False}
     with attempt, interrupt_only_when_stopping(attempt):
@@ -86,8 +87,13 @@ def run_attempt(store_root, trial_id: str, body) -> dict:
             log.exception("%s failed", trial_id)
             reason = f"{type(e).__name__}: {e}"[:500]
             try:
-                return end_attempt(attempt, "failed", task_started, reason=reason,
-                            traceback=traceback.format_exc()[-2000:])
+                return end_attempt(
+                    attempt,
+                    "failed",
+                    task_started,
+                    reason=reason,
+                    traceback=traceback.format_exc()[-2000:],
+                )
             except StaleAttempt:
                 return {**store.status(trial_id), "ran": False}
 
@@ -123,8 +129,16 @@ def callback(attempt: Attempt, epoch_offset: int = 0, optimizer: str | None = No
                 return
             n = epoch_offset + epoch + 1
             t = time.perf_counter()
-            attempt.save_checkpoint(self.model, n, optimizer=optimizer, metrics={
-                "epoch": n, "time": time.time(), **{k: float(v) for k, v in (logs or {}).items()}})
+            attempt.save_checkpoint(
+                self.model,
+                n,
+                optimizer=optimizer,
+                metrics={
+                    "epoch": n,
+                    "time": time.time(),
+                    **{k: float(v) for k, v in (logs or {}).items()},
+                },
+            )
             self.save_s += time.perf_counter() - t
             self.last_epoch = n
 

@@ -17,16 +17,25 @@ import numpy as np
 from .store import Store, StudyTable
 
 # what a trial of notebook 03 holds: its config, a status, an attempt log, one metric row an epoch
-CONFIG = {"lr": 1e-3, "dropout": 0.5, "optimizer": "Adam", "batch_size": 128,
-          "conv_sizes": [8, 16, 32], "dense_sizes": [64]}
+CONFIG = {
+    "lr": 1e-3,
+    "dropout": 0.5,
+    "optimizer": "Adam",
+    "batch_size": 128,
+    "conv_sizes": [8, 16, 32],
+    "dense_sizes": [64],
+}
 EPOCHS = 8
 # file-system calls that are a metadata request on a parallel filesystem (one per call on Lustre)
-FILE_CALLS = ("open|openat|stat|newfstatat|statx|lstat|access|rename|renameat|renameat2|mkdir|"
-              "unlink|getdents64")
+FILE_CALLS = (
+    "open|openat|stat|newfstatat|statx|lstat|access|rename|renameat|renameat2|mkdir|"
+    "unlink|getdents64"
+)
 
 
-def fill_study(store: Store, n: int, running: int = 0, epochs: int = EPOCHS,
-               seed: int = 0) -> tuple[float, list]:
+def fill_study(
+    store: Store, n: int, running: int = 0, epochs: int = EPOCHS, seed: int = 0
+) -> tuple[float, list]:
     """Add `n` trials to `store` through its public API, all completed but the first `running`,
     which stay running mid-way. Returns the seconds taken and the running trials' attempts."""
     rng = np.random.default_rng(seed)
@@ -46,8 +55,12 @@ def fill_study(store: Store, n: int, running: int = 0, epochs: int = EPOCHS,
 
 
 def _row(epoch: int, rng) -> dict:
-    return {"epoch": epoch, "loss": float(rng.uniform(0.3, 0.7)),
-            "val_loss": float(rng.uniform(0.3, 0.7)), "val_accuracy": float(rng.uniform(0.6, 0.9))}
+    return {
+        "epoch": epoch,
+        "loss": float(rng.uniform(0.3, 0.7)),
+        "val_loss": float(rng.uniform(0.3, 0.7)),
+        "val_accuracy": float(rng.uniform(0.6, 0.9)),
+    }
 
 
 def next_epoch(attempts, seed: int = 1) -> None:
@@ -106,7 +119,8 @@ def measure_study(root, n: int, changed: float = 0.01, seed: int = 0) -> dict:
     out["poll_trials_read"] = polls[-1][2]
     shown = dash.shown()
     out["table_shows_changes"] = all(
-        shown.at[a.trial_id, "epoch"] == len(a.store.metrics(a.trial_id)) for a in attempts)
+        shown.at[a.trial_id, "epoch"] == len(a.store.metrics(a.trial_id)) for a in attempts
+    )
     out["file_calls_per_poll"] = file_calls_per_poll(root, lambda: next_epoch(attempts, seed=99))
     for a in attempts:
         a.finish("stopped", reason="benchmark over")
@@ -114,27 +128,49 @@ def measure_study(root, n: int, changed: float = 0.01, seed: int = 0) -> dict:
 
 
 # ---------------------------------------------------------------------------- the cost model
-def predict_hpo(trials: int, epochs: int, engines: int, epoch_s: float, task_s: float,
-                save_s: float, store_s: float) -> dict:
+def predict_hpo(
+    trials: int,
+    epochs: int,
+    engines: int,
+    epoch_s: float,
+    task_s: float,
+    save_s: float,
+    store_s: float,
+) -> dict:
     """A random search's makespan, from its parts: each trial trains `epochs` epochs of
     `epoch_s` and saves a checkpoint (`save_s`) and a metric row and status (`store_s`) after
     each; the controller spends `task_s` on each task. Equal trials fill the engines in waves."""
     trial = epochs * (epoch_s + save_s + store_s) + task_s
     waves = math.ceil(trials / engines)
-    return {"trial_s": trial, "waves": waves, "makespan_s": waves * trial,
-            "overhead_fraction": 1 - epochs * epoch_s / trial}
+    return {
+        "trial_s": trial,
+        "waves": waves,
+        "makespan_s": waves * trial,
+        "overhead_fraction": 1 - epochs * epoch_s / trial,
+    }
 
 
-def predict_pbt(population: int, workers: int, step_s: float, load_s: float, save_s: float,
-                task_s: float, breed_s: float) -> dict:
+def predict_pbt(
+    population: int,
+    workers: int,
+    step_s: float,
+    load_s: float,
+    save_s: float,
+    task_s: float,
+    breed_s: float,
+) -> dict:
     """A PBT generation, from its parts: each member loads its parent's checkpoint (`load_s`),
     trains one step (`step_s`) and saves (`save_s`); the driver breeds the next generation
     (`breed_s`) and its scheduler spends `task_s` per member."""
     member = load_s + step_s + save_s
     waves = math.ceil(population / workers)
     generation = waves * member + population * task_s + breed_s
-    return {"member_s": member, "waves": waves, "generation_s": generation,
-            "overhead_fraction": 1 - waves * step_s / generation}
+    return {
+        "member_s": member,
+        "waves": waves,
+        "generation_s": generation,
+        "overhead_fraction": 1 - waves * step_s / generation,
+    }
 
 
 def file_calls_per_poll(root, change) -> int | None:
@@ -145,9 +181,24 @@ def file_calls_per_poll(root, change) -> int | None:
         return None
     log = Path(root) / "strace.log"
     child = subprocess.Popen(
-        ["strace", "-f", "-qq", "-o", str(log), "-e", "trace=" + FILE_CALLS.replace("|", ","),
-         sys.executable, "-m", "lhccnn.scale", "poll-once", str(root)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            "strace",
+            "-f",
+            "-qq",
+            "-o",
+            str(log),
+            "-e",
+            "trace=" + FILE_CALLS.replace("|", ","),
+            sys.executable,
+            "-m",
+            "lhccnn.scale",
+            "poll-once",
+            str(root),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         if child.stdout.readline().strip() != "ready":
             raise RuntimeError("the polling child did not start")
@@ -162,7 +213,7 @@ def file_calls_per_poll(root, change) -> int | None:
     end = next(i for i, s in enumerate(lines) if "lhccnn-poll-end" in s)
     calls = re.compile(rf"^\d+\s+({FILE_CALLS})\(")
     log.unlink()
-    return sum(1 for s in lines[begin + 1:end] if calls.match(s))
+    return sum(1 for s in lines[begin + 1 : end] if calls.match(s))
 
 
 def _poll_once(root: str) -> None:
@@ -212,9 +263,16 @@ def task_overhead(view, n_tasks: int, sleep: float | None = None) -> dict:
         r.get(timeout=600)
     wall = time.perf_counter() - t
     ideal = n_tasks * sleep / engines
-    return {"engines": engines, "tasks": n_tasks, "tasks_per_s": n_tasks / empty_s,
-            "ms_per_task": 1000 * empty_s / n_tasks, "sleep_s": sleep, "wall_s": wall,
-            "ideal_s": ideal, "engine_gap_ms": 1000 * (wall - ideal) * engines / n_tasks}
+    return {
+        "engines": engines,
+        "tasks": n_tasks,
+        "tasks_per_s": n_tasks / empty_s,
+        "ms_per_task": 1000 * empty_s / n_tasks,
+        "sleep_s": sleep,
+        "wall_s": wall,
+        "ideal_s": ideal,
+        "engine_gap_ms": 1000 * (wall - ideal) * engines / n_tasks,
+    }
 
 
 def _noop(x):
@@ -227,10 +285,12 @@ def study_invariants(store: Store, epochs: int) -> dict:
     ids = store.trial_ids()
     statuses = [store.status(t) for t in ids]
     rows = [store.metric_rows(t) for t in ids]
-    return {"trials": len(ids),
-            "completed": sum(st.get("status") == "completed" for st in statuses),
-            "first_attempt": sum(st.get("attempt") == 1 for st in statuses),
-            "rows_ok": sum([r["epoch"] for r in rs] == list(range(1, epochs + 1)) for rs in rows)}
+    return {
+        "trials": len(ids),
+        "completed": sum(st.get("status") == "completed" for st in statuses),
+        "first_attempt": sum(st.get("attempt") == 1 for st in statuses),
+        "rows_ok": sum([r["epoch"] for r in rs] == list(range(1, epochs + 1)) for rs in rows),
+    }
 
 
 USAGE = """usage: mpirun -np 2 python -m lhccnn.scale allreduce

@@ -1,4 +1,4 @@
-"""A private control plane: Dask's mutual-TLS credentials in a folder only this user can read."""
+"""A private control plane: Dask's TLS credentials only this user can read; kernels on sockets."""
 
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ def check_private(path) -> Path:
     path = Path(path)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        raise PermissionError(f"{path} is mode {mode:o}: other users could read the cluster's "
-                              "credentials; it must be readable by its owner only")
+        raise PermissionError(
+            f"{path} is mode {mode:o}: other users could read the cluster's "
+            "credentials; it must be readable by its owner only"
+        )
     return path
 
 
@@ -41,8 +43,11 @@ def dask_tls(directory):
     tmp = Security.temporary()
     cert = write_private(d / "dask-cert.pem", tmp.tls_scheduler_cert)
     key = write_private(d / "dask-key.pem", tmp.tls_scheduler_key)
-    roles = {f"tls_{role}_{kind}": str(path) for role in ("scheduler", "worker", "client")
-             for kind, path in (("cert", cert), ("key", key))}
+    roles = {
+        f"tls_{role}_{kind}": str(path)
+        for role in ("scheduler", "worker", "client")
+        for kind, path in (("cert", cert), ("key", key))
+    }
     return Security(require_encryption=True, tls_ca_file=str(cert), **roles)
 
 
@@ -50,3 +55,29 @@ def host_address() -> str:
     """This host's address as other nodes reach it: where a scheduler for workers on other
     nodes listens, instead of on every interface."""
     return socket.gethostbyname(socket.gethostname())
+
+
+def private_kernel_manager():
+    """The Jupyter kernel manager for notebooks run by papermill: the kernel listens on Unix
+    sockets in a folder of its own that only this user can enter (mode 0700), instead of TCP
+    ports on loopback that any local user could connect to. (It is also why such a run no
+    longer prints the kernel's "running over TCP without encryption" warning.)"""
+    import shutil
+    import tempfile
+
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum, default
+
+    class PrivateKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        @default("ip")
+        def _private_folder(self):  # jupyter_client's default is "kernel-ipc" in the cwd
+            return os.path.join(tempfile.mkdtemp(prefix="lhccnn-kernel-"), "kernel")
+
+        def cleanup_ipc_files(self) -> None:
+            super().cleanup_ipc_files()
+            if os.path.basename(os.path.dirname(self.ip)).startswith("lhccnn-kernel-"):
+                shutil.rmtree(os.path.dirname(self.ip), ignore_errors=True)
+
+    return PrivateKernelManager

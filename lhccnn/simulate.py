@@ -76,8 +76,10 @@ class SimulatedWork:
             object.__setattr__(self, "cost", coef)
             object.__setattr__(self, "residuals", residuals)
         if self.scale <= 0 or len(self.cost) != 3 or min(self.residuals) <= 0:
-            raise ValueError(f"need scale > 0 (got {self.scale}), cost (c0, c1, c2) (got "
-                             f"{self.cost}) and residuals > 0 (got min {min(self.residuals)})")
+            raise ValueError(
+                f"need scale > 0 (got {self.scale}), cost (c0, c1, c2) (got "
+                f"{self.cost}) and residuals > 0 (got min {min(self.residuals)})"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -94,8 +96,9 @@ class SimulatedWork:
         residual = float(self._rng(trial_id).choice(self.residuals))
         return self.scale * max(fitted * residual, 0.01 * abs(c0))
 
-    def train(self, attempt, hp: dict, epochs: int, epoch_offset: int = 0,
-              progress: float = 0.0) -> dict:
+    def train(
+        self, attempt, hp: dict, epochs: int, epoch_offset: int = 0, progress: float = 0.0
+    ) -> dict:
         """Train for `epochs` simulated epochs from `progress` (the response surface's state,
         kept in the checkpoint), checking for a stop request as training does after a batch.
         Returns the last metric row, with "stopped" and the seconds spent saving."""
@@ -112,8 +115,14 @@ class SimulatedWork:
             n = epoch_offset + e
             noise = self._rng(attempt.trial_id, n).normal(0, 0.005)
             val_loss = 0.25 + 0.45 * math.exp(-model.progress / 3) + noise
-            row = {"epoch": n, "time": time.time(), "loss": val_loss - 0.02,
-                   "val_loss": val_loss, "val_accuracy": 1.0 - 0.8 * val_loss, "simulated": True}
+            row = {
+                "epoch": n,
+                "time": time.time(),
+                "loss": val_loss - 0.02,
+                "val_loss": val_loss,
+                "val_accuracy": 1.0 - 0.8 * val_loss,
+                "simulated": True,
+            }
             t = time.perf_counter()
             attempt.save_checkpoint(model, n, optimizer=hp.get("optimizer"), metrics=row)
             save_s += time.perf_counter() - t
@@ -131,8 +140,13 @@ class SimulatedWork:
             except (CheckpointError, OSError, ValueError):
                 model.progress = 0.0
         t0 = time.perf_counter()
-        out = self.train(attempt, store.config(trial_id), epochs - start, epoch_offset=start,
-                         progress=model.progress)
+        out = self.train(
+            attempt,
+            store.config(trial_id),
+            epochs - start,
+            epoch_offset=start,
+            progress=model.progress,
+        )
         end = {"seconds": (st.get("seconds") or 0) + time.perf_counter() - t0, "simulated": True}
         task_started = st.get("task_started") or time.time()
         if out["stopped"]:
@@ -147,19 +161,35 @@ class SimulatedWork:
         task_started = store.status(trial_id).get("task_started") or time.time()
         model = _Weights(self.checkpoint_bytes)
         t = time.perf_counter()
-        loaded_from, warned, kept = load_inherited(model, store, cfg.get("inherit"),
-                                                   cfg.get("optimizer"))
+        loaded_from, warned, kept = load_inherited(
+            model, store, cfg.get("inherit"), cfg.get("optimizer")
+        )
         load_s = time.perf_counter() - t
         t = time.perf_counter()
-        out = self.train(attempt, cfg, epochs, epoch_offset=cfg["generation"] * epochs,
-                         progress=model.progress if loaded_from else 0.0)
+        out = self.train(
+            attempt,
+            cfg,
+            epochs,
+            epoch_offset=cfg["generation"] * epochs,
+            progress=model.progress if loaded_from else 0.0,
+        )
         train_s = time.perf_counter() - t - out["save_s"]
         now = time.time()
         return attempt.finish(
-            "stopped" if out["stopped"] else "completed", val_loss=out.get("val_loss", math.nan),
-            val_accuracy=out.get("val_accuracy"), optimizer_kept=kept, loaded_from=loaded_from,
-            warnings=warned, setup_s=0.0, load_s=load_s, train_s=train_s, save_s=out["save_s"],
-            finished=now, task_seconds=now - task_started, simulated=True)
+            "stopped" if out["stopped"] else "completed",
+            val_loss=out.get("val_loss", math.nan),
+            val_accuracy=out.get("val_accuracy"),
+            optimizer_kept=kept,
+            loaded_from=loaded_from,
+            warnings=warned,
+            setup_s=0.0,
+            load_s=load_s,
+            train_s=train_s,
+            save_s=out["save_s"],
+            finished=now,
+            task_seconds=now - task_started,
+            simulated=True,
+        )
 
 
 def _progress_rate(hp: dict) -> float:
@@ -217,14 +247,26 @@ def record(study, out, source: str) -> dict:
     for t in store.trial_ids():
         st, ms, hp = store.status(t), store.metrics(t), store.config(t)
         if st.get("status") == "completed" and ms and st.get("seconds"):
-            trials.append({"seconds_per_epoch": round(st["seconds"] / len(ms), 3),
-                           "mflops": round(mflops(hp), 3), "batch_size": hp.get("batch_size", 128)})
+            trials.append(
+                {
+                    "seconds_per_epoch": round(st["seconds"] / len(ms), 3),
+                    "mflops": round(mflops(hp), 3),
+                    "batch_size": hp.get("batch_size", 128),
+                }
+            )
     if len(trials) < 3:
-        raise ValueError(f"{study}: {len(trials)} completed trials with their seconds; a fit "
-                         "needs at least 3")
+        raise ValueError(
+            f"{study}: {len(trials)} completed trials with their seconds; a fit needs at least 3"
+        )
     coef, residuals = fit(trials)
-    rec = {"trials": trials, "fit": coef, "residual_spread": [min(residuals), max(residuals)],
-           "source": source, "cpus": os.cpu_count(), "recorded": time.strftime("%Y-%m-%d")}
+    rec = {
+        "trials": trials,
+        "fit": coef,
+        "residual_spread": [min(residuals), max(residuals)],
+        "source": source,
+        "cpus": os.cpu_count(),
+        "recorded": time.strftime("%Y-%m-%d"),
+    }
     with open(out, "w") as f:
         json.dump(rec, f, indent=1)
         f.write("\n")
@@ -234,8 +276,10 @@ def record(study, out, source: str) -> dict:
 if __name__ == "__main__":
     import argparse
 
-    p = argparse.ArgumentParser(description="Record a finished study's seconds per epoch for "
-                                "simulated work (scale benchmarks).")
+    p = argparse.ArgumentParser(
+        description="Record a finished study's seconds per epoch for "
+        "simulated work (scale benchmarks)."
+    )
     p.add_argument("study", help="the study folder (e.g. results/03_random_search/study)")
     p.add_argument("--out", default=str(resources.files("lhccnn") / "recorded_trial_times.json"))
     p.add_argument("--source", required=True, help="which run, on which machine")
@@ -243,5 +287,7 @@ if __name__ == "__main__":
     r = record(a.study, a.out, a.source)
     c0, c1, c2 = r["fit"]
     lo, hi = r["residual_spread"]
-    print(f"{a.out}: {len(r['trials'])} trials; seconds per epoch = {c0:.2f} + {c1:.3f} x MFLOP "
-          f"+ {c2:.0f} / batch, residuals {lo:.2f}-{hi:.2f}")
+    print(
+        f"{a.out}: {len(r['trials'])} trials; seconds per epoch = {c0:.2f} + {c1:.3f} x MFLOP "
+        f"+ {c2:.0f} / batch, residuals {lo:.2f}-{hi:.2f}"
+    )

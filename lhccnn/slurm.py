@@ -15,8 +15,17 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # Terminal states (squeue/scontrol); COMPLETED is the only good one.
-DONE_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
-               "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+DONE_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
 
 
 class SlurmError(RuntimeError):
@@ -27,7 +36,7 @@ class SlurmError(RuntimeError):
 # a newline there starts a shell line, so anything outside these patterns is refused.
 _NAME = r"[A-Za-z0-9_.+-]+"
 OPTION_PATTERNS = {
-    "constraint": rf"[A-Za-z0-9_.+\-&|,()\[\]*:]+",  # features with & | , [] () and *counts
+    "constraint": r"[A-Za-z0-9_.+\-&|,()\[\]*:]+",  # features with & | , [] () and *counts
     "qos": _NAME,
     "partition": rf"{_NAME}(,{_NAME})*",
     "account": _NAME,
@@ -35,14 +44,26 @@ OPTION_PATTERNS = {
     # minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or no limit
     "time": r"\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|UNLIMITED|INFINITE",
     "nodes": r"\d+(-\d+)?",
-    "ntasks": r"\d+", "ntasks-per-node": r"\d+", "cpus-per-task": r"\d+",
-    "gpus": r"([A-Za-z0-9_]+:)?\d+", "gpus-per-node": r"([A-Za-z0-9_]+:)?\d+",
+    "ntasks": r"\d+",
+    "ntasks-per-node": r"\d+",
+    "cpus-per-task": r"\d+",
+    "gpus": r"([A-Za-z0-9_]+:)?\d+",
+    "gpus-per-node": r"([A-Za-z0-9_]+:)?\d+",
     "mem": r"\d+[KMGT]?",
 }
 # short sbatch flags and the long names they stand for
-SHORT_OPTIONS = {"-C": "constraint", "-q": "qos", "-p": "partition", "-A": "account",
-                 "-t": "time", "-J": "job-name", "-N": "nodes", "-n": "ntasks", "-c": "cpus-per-task",
-                 "-G": "gpus"}
+SHORT_OPTIONS = {
+    "-C": "constraint",
+    "-q": "qos",
+    "-p": "partition",
+    "-A": "account",
+    "-t": "time",
+    "-J": "job-name",
+    "-N": "nodes",
+    "-n": "ntasks",
+    "-c": "cpus-per-task",
+    "-G": "gpus",
+}
 # flags without a value that job scripts may carry
 FLAG_OPTIONS = {"exclusive", "requeue", "no-requeue", "overcommit"}
 # any other long option: one word of ordinary characters (paths, lists, mail addresses)
@@ -93,8 +114,10 @@ def check_sbatch_args(args: str) -> list[str]:
         if name in OPTION_PATTERNS:
             check_option(name, value)
         elif not re.fullmatch(_OTHER_VALUE, value):
-            raise ValueError(f"sbatch option --{name} value {value!r} has characters a job "
-                             "script line should not carry")
+            raise ValueError(
+                f"sbatch option --{name} value {value!r} has characters a job "
+                "script line should not carry"
+            )
         checked.append(f"--{name}={value}")
     return checked
 
@@ -140,8 +163,9 @@ def listed(timeout: float = 10) -> dict[str, tuple[str, str]]:
     return {job: (name, state) for job, name, state in rows}
 
 
-def cancel(job_ids=(), names=(), timeout: float = 30.0, call_timeout: float = 10.0,
-           poll: float = 0.5) -> None:
+def cancel(
+    job_ids=(), names=(), timeout: float = 30.0, call_timeout: float = 10.0, poll: float = 0.5
+) -> None:
     """scancel jobs by id, and by name (this user's only) for jobs whose id was never learnt,
     then wait until squeue no longer lists any of them. Failed or slow scancel/squeue calls are
     retried until `timeout`; then SlurmError says what is still listed, or that SLURM never
@@ -151,8 +175,9 @@ def cancel(job_ids=(), names=(), timeout: float = 30.0, call_timeout: float = 10
         return
     for tool in ("scancel", "squeue"):  # not installed: no retry will change that
         if shutil.which(tool) is None:
-            raise SlurmError(f"{tool} not found: cannot cancel or check jobs {sorted(ids)} "
-                             f"{sorted(names)}")
+            raise SlurmError(
+                f"{tool} not found: cannot cancel or check jobs {sorted(ids)} {sorted(names)}"
+            )
     user = getpass.getuser()
     deadline = time.monotonic() + timeout
     left: dict | None = None  # None: squeue has not answered yet
@@ -181,14 +206,24 @@ def cancel(job_ids=(), names=(), timeout: float = 30.0, call_timeout: float = 10
     what = ", ".join(sorted(ids) + [f"name={n}" for n in sorted(names)])
     last = f" (last error: {errors[-1]})" if errors else ""
     if left is None:
-        raise SlurmError(f"could not confirm that jobs {what} left the queue: squeue did not "
-                         f"answer within {timeout:.0f} s{last}; check with `squeue --me`")
-    raise SlurmError(f"still in the queue {timeout:.0f} s after scancel: "
-                     + "; ".join(f"{j} {s}" for j, s in sorted(left.items())) + last)
+        raise SlurmError(
+            f"could not confirm that jobs {what} left the queue: squeue did not "
+            f"answer within {timeout:.0f} s{last}; check with `squeue --me`"
+        )
+    raise SlurmError(
+        f"still in the queue {timeout:.0f} s after scancel: "
+        + "; ".join(f"{j} {s}" for j, s in sorted(left.items()))
+        + last
+    )
 
 
-def wait_job(job_id: str, log_file: str | Path | None = None, timeout: float | None = None,
-             poll: float = 1.0, stream=sys.stdout) -> str:
+def wait_job(
+    job_id: str,
+    log_file: str | Path | None = None,
+    timeout: float | None = None,
+    poll: float = 1.0,
+    stream=sys.stdout,
+) -> str:
     """Wait for a job to end, echoing new lines of its log; raise SlurmError unless COMPLETED."""
     start, pos, state = time.monotonic(), 0, "PENDING"
     log_file = Path(log_file) if log_file else None
@@ -215,6 +250,8 @@ def wait_job(job_id: str, log_file: str | Path | None = None, timeout: float | N
         time.sleep(poll)
     if state != "COMPLETED":
         info = job_info(job_id)
-        raise SlurmError(f"job {job_id} ended {state} (exit code {info.get('ExitCode')}, "
-                         f"reason {info.get('Reason')}); log: {log_file}")
+        raise SlurmError(
+            f"job {job_id} ended {state} (exit code {info.get('ExitCode')}, "
+            f"reason {info.get('Reason')}); log: {log_file}"
+        )
     return state

@@ -33,8 +33,17 @@ import time
 import warnings
 from pathlib import Path
 
-from .files import append_line, atomic_write, commit, locked, read_json, read_lines, sha256_of
-from .files import temp_name, write_json
+from .files import (
+    append_line,
+    atomic_write,
+    commit,
+    locked,
+    read_json,
+    read_lines,
+    sha256_of,
+    temp_name,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +81,10 @@ class LockHeld(RuntimeError):
 
 def check_trial_id(trial_id: str) -> str:
     if not isinstance(trial_id, str) or not TRIAL_ID.fullmatch(trial_id):
-        raise ValueError(f"invalid trial id {trial_id!r}: expected 1-64 letters, digits, '.', '_' "
-                         "or '-', not starting with '.' or '-' (it names a folder in the store)")
+        raise ValueError(
+            f"invalid trial id {trial_id!r}: expected 1-64 letters, digits, '.', '_' "
+            "or '-', not starting with '.' or '-' (it names a folder in the store)"
+        )
     return trial_id
 
 
@@ -84,8 +95,9 @@ def _process_alive(host: str | None, pid: int | None, pid_started: float | None)
     try:
         import psutil
 
-        return psutil.pid_exists(pid) and (pid_started is None or abs(
-            psutil.Process(pid).create_time() - pid_started) < 1.0)
+        return psutil.pid_exists(pid) and (
+            pid_started is None or abs(psutil.Process(pid).create_time() - pid_started) < 1.0
+        )
     except ImportError:
         try:
             os.kill(pid, 0)
@@ -144,8 +156,11 @@ class Store:
             self.trial_dir(trial_id).mkdir(exist_ok=True)
         else:
             if self._next_number is None:  # list the study once, not for every new trial
-                numbers = [int(m.group(1)) for p in os.scandir(self.root / "trials")
-                           if (m := re.fullmatch(r"trial-(\d+)", p.name))]
+                numbers = [
+                    int(m.group(1))
+                    for p in os.scandir(self.root / "trials")
+                    if (m := re.fullmatch(r"trial-(\d+)", p.name))
+                ]
                 self._next_number = max(numbers, default=0) + 1
             while True:
                 trial_id = f"trial-{self._next_number:04d}"
@@ -167,15 +182,21 @@ class Store:
         with self._lock(trial_id):
             config = self.config(trial_id)
             old = {k: config.get(k) for k in changes}
-            config = {**config, **changes,
-                      "history": config.get("history", []) + [{"time": time.time(), "was": old}]}
+            config = {
+                **config,
+                **changes,
+                "history": config.get("history", []) + [{"time": time.time(), "was": old}],
+            }
             write_json(self.trial_dir(trial_id) / "config.json", config)
             self._changed(trial_id)
         return config
 
     def trial_ids(self) -> list[str]:
-        return sorted(p.name for p in os.scandir(self.root / "trials")
-                      if p.is_dir() and (Path(p.path) / "config.json").exists())
+        return sorted(
+            p.name
+            for p in os.scandir(self.root / "trials")
+            if p.is_dir() and (Path(p.path) / "config.json").exists()
+        )
 
     # ------------------------------------------------------------------ the change log
     def _changed(self, trial_id: str) -> None:
@@ -244,8 +265,11 @@ class Store:
         d = str(self.trial_dir(trial_id))  # plain strings: a study's table reads 3 files a trial
         st = read_json(os.path.join(d, "status.json"), {"status": "queued"})
         ms = _per_epoch(read_lines(os.path.join(d, "metrics.jsonl")))
-        row = {"trial": trial_id, **{k: st.get(k) for k in ("status", "host", "engine", "attempt")},
-               "epoch": ms[-1]["epoch"] if ms else 0}
+        row = {
+            "trial": trial_id,
+            **{k: st.get(k) for k in ("status", "host", "engine", "attempt")},
+            "epoch": ms[-1]["epoch"] if ms else 0,
+        }
         if ms:
             row["loss"] = ms[-1].get("loss")
             row["val_loss"] = min(m.get("val_loss", float("inf")) for m in ms)
@@ -294,7 +318,7 @@ class Store:
             raise TransitionError(f"{trial_id} is {now}: cannot become {to}")
         return self._write_status(trial_id, {**st, **fields, "status": to})
 
-    def begin_attempt(self, trial_id: str, engine=None, engine_id=None, **fields) -> "Attempt | None":
+    def begin_attempt(self, trial_id: str, engine=None, engine_id=None, **fields) -> Attempt | None:
         """Claim the trial for a new attempt in this process, or None if it must not run here:
         a stop was requested (it becomes "stopped" and never trains), it has ended, or a live
         attempt already runs it (a duplicate submission). A running trial whose attempt is dead
@@ -307,25 +331,51 @@ class Store:
             if state not in ("queued", "running"):
                 return None
             if self.stop_requested(trial_id):
-                self._transition(trial_id, st, "stopped", reason="stop requested before it started",
-                                 token=None)
+                self._transition(
+                    trial_id, st, "stopped", reason="stop requested before it started", token=None
+                )
                 return None
             if state == "running":  # its attempt died: record that, then take over
-                append_line(self.trial_dir(trial_id) / "attempts.jsonl",
-                            {"event": "lost", "attempt": st.get("attempt"), "time": time.time(),
-                             "host": st.get("host"), "pid": st.get("pid")})
+                append_line(
+                    self.trial_dir(trial_id) / "attempts.jsonl",
+                    {
+                        "event": "lost",
+                        "attempt": st.get("attempt"),
+                        "time": time.time(),
+                        "host": st.get("host"),
+                        "pid": st.get("pid"),
+                    },
+                )
             token = secrets.token_hex(8)
             number = st.get("attempt", 0) + 1
             self._heartbeat(trial_id)
             st = self._transition(
-                trial_id, {k: v for k, v in st.items() if k not in ("reason", "finished")},
-                "running", token=token, attempt=number, host=socket.gethostname(),
-                pid=os.getpid(), pid_started=_this_process_started(),
-                engine=None if engine is None else str(engine), engine_id=engine_id,
-                started=st.get("started") or time.time(), attempt_started=time.time(), **fields)
-            append_line(self.trial_dir(trial_id) / "attempts.jsonl",
-                        {"event": "begin", "attempt": number, "token": token, "time": time.time(),
-                         "host": st["host"], "pid": st["pid"], "engine": st["engine"]})
+                trial_id,
+                {k: v for k, v in st.items() if k not in ("reason", "finished")},
+                "running",
+                token=token,
+                attempt=number,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                pid_started=_this_process_started(),
+                engine=None if engine is None else str(engine),
+                engine_id=engine_id,
+                started=st.get("started") or time.time(),
+                attempt_started=time.time(),
+                **fields,
+            )
+            append_line(
+                self.trial_dir(trial_id) / "attempts.jsonl",
+                {
+                    "event": "begin",
+                    "attempt": number,
+                    "token": token,
+                    "time": time.time(),
+                    "host": st["host"],
+                    "pid": st["pid"],
+                    "engine": st["engine"],
+                },
+            )
         return Attempt(self, trial_id, token, number)
 
     def request_stop(self, trial_id: str, reason: str = "stopped by request") -> dict:
@@ -354,9 +404,15 @@ class Store:
                 return st
             atomic_write(self.trial_dir(trial_id) / "stop", reason)
             st = self._transition(trial_id, st, "stopped", reason=reason, token=None)
-            append_line(self.trial_dir(trial_id) / "attempts.jsonl",
-                        {"event": "fenced", "attempt": st.get("attempt"), "time": time.time(),
-                         "reason": reason})
+            append_line(
+                self.trial_dir(trial_id) / "attempts.jsonl",
+                {
+                    "event": "fenced",
+                    "attempt": st.get("attempt"),
+                    "time": time.time(),
+                    "reason": reason,
+                },
+            )
             return st
 
     def requeue(self, trial_id: str) -> dict:
@@ -365,8 +421,10 @@ class Store:
         with self._lock(trial_id):
             st = self.status(trial_id)
             if st.get("status") not in RESTARTABLE:
-                raise TransitionError(f"{trial_id} is {st.get('status')}: only a stopped, failed or "
-                                      "diverged trial can be restarted (stop it first)")
+                raise TransitionError(
+                    f"{trial_id} is {st.get('status')}: only a stopped, failed or "
+                    "diverged trial can be restarted (stop it first)"
+                )
             (self.trial_dir(trial_id) / "stop").unlink(missing_ok=True)
             return self._transition(trial_id, st, "queued", token=None, reason=None)
 
@@ -399,9 +457,11 @@ class Store:
             raise CheckpointError(f"{path}: no sha256 recorded for it (never finished writing)")
         actual = sha256_of(path)
         if actual != rec["sha256"]:
-            raise CheckpointError(f"{path}: sha256 {actual[:12]}… is not the recorded "
-                                  f"{rec['sha256'][:12]}… (corrupt or truncated, "
-                                  f"{path.stat().st_size} bytes)")
+            raise CheckpointError(
+                f"{path}: sha256 {actual[:12]}… is not the recorded "
+                f"{rec['sha256'][:12]}… (corrupt or truncated, "
+                f"{path.stat().st_size} bytes)"
+            )
         return rec
 
     def load_checkpoint(self, model, trial_id: str, optimizer: str | None = None) -> dict:
@@ -502,9 +562,10 @@ class Attempt:
         self._last_stop_check = 0.0
         self._stop_seen = False
 
-    def __enter__(self) -> "Attempt":
-        self._thread = threading.Thread(target=self._beat, daemon=True,
-                                        name=f"heartbeat-{self.trial_id}")
+    def __enter__(self) -> Attempt:
+        self._thread = threading.Thread(
+            target=self._beat, daemon=True, name=f"heartbeat-{self.trial_id}"
+        )
         self._thread.start()
         return self
 
@@ -526,8 +587,10 @@ class Attempt:
         """Under the lock: this attempt's status, or StaleAttempt if it is no longer current."""
         st = self.store.status(self.trial_id)
         if st.get("status") != "running" or st.get("token") != self.token:
-            raise StaleAttempt(f"{self.trial_id}: attempt {self.number} is no longer current "
-                               f"(the trial is {st.get('status')}, attempt {st.get('attempt')})")
+            raise StaleAttempt(
+                f"{self.trial_id}: attempt {self.number} is no longer current "
+                f"(the trial is {st.get('status')}, attempt {st.get('attempt')})"
+            )
         return st
 
     def stop_requested(self, every: float = 0.5) -> bool:
@@ -549,8 +612,9 @@ class Attempt:
             append_line(self.dir / "metrics.jsonl", {**row, "attempt": self.number})
             self.store._changed(self.trial_id)
 
-    def save_checkpoint(self, model, epoch: int, optimizer: str | None = None,
-                        metrics: dict | None = None) -> dict:
+    def save_checkpoint(
+        self, model, epoch: int, optimizer: str | None = None, metrics: dict | None = None
+    ) -> dict:
         """Write weights and optimizer state to unique temp files, fsync them, then, if this
         attempt is still current, rename them in and record their sha256 and the epoch they
         hold in the status, and append the epoch's metric row (in that order: a crash between
@@ -568,8 +632,13 @@ class Attempt:
                 np.savez(f, *(model.optimizer.get_weights() if model.optimizer else []))
                 f.flush()
                 os.fsync(f.fileno())
-            rec = {"epoch": epoch, "sha256": sha256_of(tmp_w), "optimizer_sha256": sha256_of(tmp_o),
-                   "optimizer": optimizer, "time": time.time()}
+            rec = {
+                "epoch": epoch,
+                "sha256": sha256_of(tmp_w),
+                "optimizer_sha256": sha256_of(tmp_o),
+                "optimizer": optimizer,
+                "time": time.time(),
+            }
             with self.store._lock(self.trial_id):
                 st = self._check()
                 commit(tmp_w, ckpt)
@@ -592,9 +661,17 @@ class Attempt:
             if status == "stopped":
                 (self.dir / "stop").unlink(missing_ok=True)  # consumed: a restart runs
             st = self.store._transition(self.trial_id, st, status, **fields)
-            append_line(self.dir / "attempts.jsonl",
-                        {"event": "end", "attempt": self.number, "token": self.token,
-                         "status": status, "time": time.time(), "reason": fields.get("reason")})
+            append_line(
+                self.dir / "attempts.jsonl",
+                {
+                    "event": "end",
+                    "attempt": self.number,
+                    "token": self.token,
+                    "status": status,
+                    "time": time.time(),
+                    "reason": fields.get("reason"),
+                },
+            )
         return st
 
 
@@ -623,21 +700,36 @@ class DriverLock:
             return False
         return age < self.lease
 
-    def acquire(self) -> "DriverLock":
+    def acquire(self) -> DriverLock:
         with locked(self.path.with_name(".driver.lock.guard")):
             rec = self.info()
             if rec and rec.get("token") != self.token and self._alive(rec):
-                raise LockHeld(f"{self.path.parent} is already driven by {rec.get('holder')} "
-                               f"(host {rec.get('host')}, pid {rec.get('pid')}, since "
-                               f"{time.strftime('%H:%M:%S', time.localtime(rec.get('since', 0)))}); "
-                               "stop that one first, or wait: a dead holder's lock expires after "
-                               f"{self.lease:.0f} s")
+                raise LockHeld(
+                    f"{self.path.parent} is already driven by {rec.get('holder')} "
+                    f"(host {rec.get('host')}, pid {rec.get('pid')}, since "
+                    f"{time.strftime('%H:%M:%S', time.localtime(rec.get('since', 0)))}); "
+                    "stop that one first, or wait: a dead holder's lock expires after "
+                    f"{self.lease:.0f} s"
+                )
             if rec and rec.get("token") != self.token:
-                log.warning("taking over the lock of %s, whose holder %s (pid %s on %s) is gone",
-                            self.path.parent, rec.get("holder"), rec.get("pid"), rec.get("host"))
-            write_json(self.path, {"holder": self.holder, "host": socket.gethostname(),
-                                   "pid": os.getpid(), "pid_started": _this_process_started(),
-                                   "since": time.time(), "token": self.token})
+                log.warning(
+                    "taking over the lock of %s, whose holder %s (pid %s on %s) is gone",
+                    self.path.parent,
+                    rec.get("holder"),
+                    rec.get("pid"),
+                    rec.get("host"),
+                )
+            write_json(
+                self.path,
+                {
+                    "holder": self.holder,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "pid_started": _this_process_started(),
+                    "since": time.time(),
+                    "token": self.token,
+                },
+            )
         self._done.clear()
         self._thread = threading.Thread(target=self._beat, daemon=True, name="driver-lock")
         self._thread.start()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import IMAGE_SHAPE
+
 log = logging.getLogger(__name__)
 
 # Bump when the physics or the file layout changes: fetch.py treats files of another version
@@ -15,7 +17,7 @@ log = logging.getLogger(__name__)
 VERSION = 1
 
 # Detector: a 64 x 64 calorimeter in (eta, phi). Cell values are transverse energies in GeV.
-N_ETA = N_PHI = 64
+N_ETA, N_PHI = IMAGE_SHAPE[:2]
 ETA_MAX = 2.5
 D_ETA = 2 * ETA_MAX / N_ETA  # 0.078
 D_PHI = 2 * np.pi / N_PHI  # 0.098
@@ -87,12 +89,14 @@ def render(event, eta, phi, et, width, n_events, extra=None):
     f_core = 0.75
     inside = (cells_e >= 0) & (cells_e < N_ETA)  # (J, W)
     scale = et[:, None] * inside
-    rows = np.stack([f_core * scale * profile(de, width),
-                     (1 - f_core) * scale * profile(de, 3.0 * width)], -1)  # (J, W, 2)
+    rows = np.stack(
+        [f_core * scale * profile(de, width), (1 - f_core) * scale * profile(de, 3.0 * width)], -1
+    )  # (J, W, 2)
     cols = np.stack([profile(dp, width), profile(dp, 3.0 * width)], 1)  # (J, 2, W)
     kern = rows @ cols  # (J, W, W)
-    flat = ((event[:, None] * (N_ETA * N_PHI) + np.clip(cells_e, 0, N_ETA - 1) * N_PHI)[:, :, None]
-            + (cells_p % N_PHI)[:, None, :])
+    flat = (event[:, None] * (N_ETA * N_PHI) + np.clip(cells_e, 0, N_ETA - 1) * N_PHI)[
+        :, :, None
+    ] + (cells_p % N_PHI)[:, None, :]
     flat, kern = flat.ravel(), kern.ravel()
     if extra is not None:  # (flat cell indices, energies) of single-cell deposits
         flat, kern = np.concatenate([flat, extra[0]]), np.concatenate([kern, extra[1]])
@@ -155,11 +159,14 @@ def _random_rotations(rng, n):
     q = rng.normal(size=(n, 4))
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     w, x, y, z = q.T
-    return np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
-        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
-        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
-    ], 1)
+    return np.stack(
+        [
+            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+            np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+            np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        1,
+    )
 
 
 def _three_body(rng, m, beta):
@@ -239,14 +246,18 @@ def _block(seed: int, block: int, n: int, signal_fraction: float):
     res = np.sqrt(0.6**2 / np.maximum(pt, 1.0) + 0.05**2)
     pt = pt * np.clip(1 + res * rng.standard_normal(pt.shape), 0.2, None)
     # shower width: narrower for harder jets, varying jet to jet (quark/gluon, fragmentation)
-    width = np.clip(0.055 * (200.0 / np.maximum(pt, 20.0)) ** 0.25
-                    * rng.lognormal(0, 0.25, pt.shape), 0.035, 0.2)
+    width = np.clip(
+        0.055 * (200.0 / np.maximum(pt, 20.0)) ** 0.25 * rng.lognormal(0, 0.25, pt.shape),
+        0.035,
+        0.2,
+    )
     # soft pile-up: a varying number of particles per event, uniform in the detector; each is
     # narrower than a cell, so it goes into a single cell (cheap: no shower window) and is
     # scattered by the same bincount as the jets
     n_pu = rng.poisson(rng.uniform(20, 80, n))
-    pu_flat = (np.repeat(np.arange(n) * (N_ETA * N_PHI), n_pu)
-               + rng.integers(0, N_ETA * N_PHI, n_pu.sum()))
+    pu_flat = np.repeat(np.arange(n) * (N_ETA * N_PHI), n_pu) + rng.integers(
+        0, N_ETA * N_PHI, n_pu.sum()
+    )
     pu_et = rng.exponential(2.5, len(pu_flat))
     hist = render(event, eta, phi, pt, width, n, extra=(pu_flat, pu_et))
     # Calorimeter noise with zero suppression at 3 sigma, done sparsely for speed (a dense
@@ -257,10 +268,12 @@ def _block(seed: int, block: int, n: int, signal_fraction: float):
     hit = np.flatnonzero(flat)
     flat[hit] += NOISE_SIGMA * rng.standard_normal(len(hit), dtype=np.float32)
     n_fake = rng.poisson(N_ETA * N_PHI * 1.35e-3, n)
-    fake = (np.repeat(np.arange(n) * (N_ETA * N_PHI), n_fake)
-            + rng.integers(0, N_ETA * N_PHI, n_fake.sum()))
-    flat[fake] += (NOISE_CUT + rng.exponential(NOISE_SIGMA**2 / NOISE_CUT, len(fake))
-                   ).astype(np.float32)
+    fake = np.repeat(np.arange(n) * (N_ETA * N_PHI), n_fake) + rng.integers(
+        0, N_ETA * N_PHI, n_fake.sum()
+    )
+    flat[fake] += (NOISE_CUT + rng.exponential(NOISE_SIGMA**2 / NOISE_CUT, len(fake))).astype(
+        np.float32
+    )
     flat[hit[flat[hit] < NOISE_CUT]] = 0.0  # only smeared cells can have fallen below
     weight = np.empty(n, np.float32)
     weight[bkg_idx], weight[sig_idx] = wb, ws
@@ -289,8 +302,9 @@ def _generate_range(seed: int, start_block: int, n: int, signal_fraction: float,
     return {k: np.concatenate([p[k] for p in parts]) for k in keys}
 
 
-def generate(n: int, seed: int | np.random.Generator, signal_fraction: float = 0.43,
-             truth: bool = False) -> dict:
+def generate(
+    n: int, seed: int | np.random.Generator, signal_fraction: float = 0.43, truth: bool = False
+) -> dict:
     """Generate n events: dict(hist=(n,64,64) float32 GeV, y=(n,) float32, weight=(n,) float32).
 
     Deterministic for an integer seed. truth=True adds "ht", the generator-level scalar sum of
@@ -301,16 +315,20 @@ def generate(n: int, seed: int | np.random.Generator, signal_fraction: float = 0
     if not 0.0 <= signal_fraction <= 1.0:
         raise ValueError(f"signal_fraction must be in [0, 1], got {signal_fraction}")
     if n == 0:
-        out = {"hist": np.zeros((0, N_ETA, N_PHI), np.float32), "y": np.zeros(0, np.float32),
-               "weight": np.zeros(0, np.float32)}
+        out = {
+            "hist": np.zeros((0, N_ETA, N_PHI), np.float32),
+            "y": np.zeros(0, np.float32),
+            "weight": np.zeros(0, np.float32),
+        }
         if truth:
             out["ht"] = np.zeros(0, np.float32)
         return out
     return _generate_range(_as_seed(seed), 0, n, signal_fraction, truth)
 
 
-def write_file(path, n: int, seed: int, signal_fraction: float = 0.43, chunk: int = 4096,
-               progress: bool = True) -> Path:
+def write_file(
+    path, n: int, seed: int, signal_fraction: float = 0.43, chunk: int = 4096, progress: bool = True
+) -> Path:
     """Write n events to an HDF5 file with the dataset's schema, chunk by chunk.
 
     The file is written as a hidden temporary in the same directory and renamed at the end, so
@@ -329,21 +347,27 @@ def write_file(path, n: int, seed: int, signal_fraction: float = 0.43, chunk: in
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with h5py.File(tmp, "w") as f:
-            f.attrs.update(generator="lhccnn.synthetic", seed=seed, n_events=n, version=VERSION,
-                           signal_fraction=signal_fraction)
+            f.attrs.update(
+                generator="lhccnn.synthetic",
+                seed=seed,
+                n_events=n,
+                version=VERSION,
+                signal_fraction=signal_fraction,
+            )
             g = f.create_group("all_events")
             # row chunks, no compression: training streams whole rows and is read-speed bound
-            hist = g.create_dataset("hist", (n, N_ETA, N_PHI), np.float32,
-                                    chunks=(min(256, n), N_ETA, N_PHI))
+            hist = g.create_dataset(
+                "hist", (n, N_ETA, N_PHI), np.float32, chunks=(min(256, n), N_ETA, N_PHI)
+            )
             y = g.create_dataset("y", (n,), np.float32)
             weight = g.create_dataset("weight", (n,), np.float32)
             with tqdm(total=n, desc=path.name, unit="ev", disable=not progress) as bar:
                 for start in range(0, n, chunk_blocks * BLOCK):
                     m = min(chunk_blocks * BLOCK, n - start)
                     d = _generate_range(seed, start // BLOCK, m, signal_fraction, False)
-                    hist[start:start + m] = d["hist"]
-                    y[start:start + m] = d["y"]
-                    weight[start:start + m] = d["weight"]
+                    hist[start : start + m] = d["hist"]
+                    y[start : start + m] = d["y"]
+                    weight[start : start + m] = d["weight"]
                     bar.update(m)
         os.replace(tmp, path)
     except BaseException:

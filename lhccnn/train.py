@@ -7,14 +7,13 @@ import hashlib
 import json
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
 
 from .config import LR_SCALING, OPTIMIZERS, ModelConfig, TrainConfig, data_dir, smoke
-from .files import atomic_write
+from .files import write_json
 
 log = logging.getLogger("lhccnn.train")  # not __main__ under python -m
 
@@ -37,9 +36,12 @@ def configure_threads(intra: int, inter: int) -> None:
         log.warning("TensorFlow already initialised; thread settings unchanged")
 
 
-def atomic_json(path: Path, obj) -> None:
-    """Write JSON through a temp file and rename, so a crash never leaves half a file."""
-    atomic_write(path, json.dumps(obj, indent=1, default=float))
+def warm_up_worker() -> str:
+    """Import TensorFlow on a worker before its first task, so that the first task's time (and
+    PBT's first overhead figure) is not the one-off import."""
+    import tensorflow as tf
+
+    return tf.__version__
 
 
 def weights_digest(model) -> str:
@@ -48,77 +50,6 @@ def weights_digest(model) -> str:
     for w in model.get_weights():
         h.update(w.tobytes())
     return h.hexdigest()[:16]
-
-
-def _callbacks_module():
-    import tensorflow as tf
-
-    class WarmupLR(tf.keras.callbacks.Callback):
-        """Ramp the lr linearly from `start` to `target` over the first `epochs` epochs.
-
-        Large scaled learning rates applied from step one made the upstream 16- and 64-node
-        runs collapse to the majority class; the ramp (Goyal et al. 2017) avoids that.
-        """
-
-        def __init__(self, start, target, epochs, steps_per_epoch):
-            super().__init__()
-            self.start, self.target = start, target
-            self.total = max(1, int(round(epochs * steps_per_epoch)))
-            self.steps_per_epoch = steps_per_epoch
-            self.epoch = 0
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-        def on_train_batch_begin(self, batch, logs=None):
-            step = self.epoch * self.steps_per_epoch + batch
-            if step <= self.total:
-                lr = self.start + (self.target - self.start) * min(1.0, step / self.total)
-                tf.keras.backend.set_value(self.model.optimizer.lr, lr)
-
-        def on_epoch_end(self, epoch, logs=None):
-            if logs is not None:
-                logs["lr"] = float(tf.keras.backend.get_value(self.model.optimizer.lr))
-
-    class Throughput(tf.keras.callbacks.Callback):
-        """Samples/s of the training part of each epoch, all ranks together (no validation)."""
-
-        def __init__(self, samples_per_epoch):
-            super().__init__()
-            self.samples_per_epoch = samples_per_epoch
-            self.t0 = self.t_last = 0.0
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t0 = self.t_last = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.t_last = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            seconds = self.t_last - self.t0
-            if logs is not None:
-                logs["train_seconds"] = seconds
-                logs["samples_per_s"] = self.samples_per_epoch / seconds if seconds else 0.0
-
-    class EpochLog(tf.keras.callbacks.Callback):
-        """Rank 0: log each epoch; with an out_dir, rewrite history.json and checkpoint.h5 atomically."""
-
-        def __init__(self, out_dir: Path | None):
-            super().__init__()
-            self.out_dir = out_dir
-            self.history: list[dict] = []
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.history.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
-            if self.out_dir is not None:
-                atomic_json(self.out_dir / "history.json", self.history)
-                tmp = self.out_dir / "checkpoint.tmp.h5"
-                self.model.save_weights(str(tmp))
-                os.replace(tmp, self.out_dir / "checkpoint.h5")
-            log.info("epoch %d/%d: %s", epoch + 1, self.params.get("epochs", 0),
-                     " ".join(f"{k}={v:.4g}" for k, v in self.history[-1].items() if k != "epoch"))
-
-    return WarmupLR, Throughput, EpochLog
 
 
 def collapsed(accuracy: float, majority_rate: float) -> bool:
@@ -153,7 +84,9 @@ def load_trained(out_dir) -> tuple:
 
     out_dir = Path(out_dir)
     raw = json.loads((out_dir / "config.json").read_text())
-    config = TrainConfig.from_dict({k: v for k, v in raw.items() if k not in ("ranks", "target_lr")})
+    config = TrainConfig.from_dict(
+        {k: v for k, v in raw.items() if k not in ("ranks", "target_lr")}
+    )
     model = build_model(config.model, compile=False)
     model.load_weights(str(out_dir / "model.h5"))
     return model, config
@@ -169,8 +102,12 @@ def predict_file(model, path, n=None, batch_size=512) -> dict:
     x, y, w = load_arrays(path, n=n)
     with h5py.File(path, "r") as f:  # the baseline cuts on raw energies, not network inputs
         hist = f["all_events/hist"][: len(y)]
-    return {"y": y, "weight": w, "cnn": model.predict(x, batch_size=batch_size, verbose=0).ravel(),
-            "baseline": baseline_score(hist)}
+    return {
+        "y": y,
+        "weight": w,
+        "cnn": model.predict(x, batch_size=batch_size, verbose=0).ravel(),
+        "baseline": baseline_score(hist),
+    }
 
 
 class Pipelines(NamedTuple):
@@ -183,8 +120,14 @@ class Pipelines(NamedTuple):
     shard: object
 
 
-def pipelines(config: TrainConfig, data: Path, rank: int = 0, size: int = 1,
-              seed: int | None = None, epochs: int | None = None) -> Pipelines:
+def pipelines(
+    config: TrainConfig,
+    data: Path,
+    rank: int = 0,
+    size: int = 1,
+    seed: int | None = None,
+    epochs: int | None = None,
+) -> Pipelines:
     """The datasets every training path uses: this rank's shards of train.h5 and val.h5,
     shuffled with `seed` (default: config.seed + rank). For a single epoch (`epochs=1`) they
     do not repeat: a repeating pipeline reads ahead into an epoch nobody trains, and the end
@@ -192,30 +135,64 @@ def pipelines(config: TrainConfig, data: Path, rank: int = 0, size: int = 1,
     from .data import make_dataset, steps_per_epoch
 
     seed = config.seed + rank if seed is None else seed
-    train_ds, shard = make_dataset(data / "train.h5", config.batch_size, n=config.n_train,
-                                   rank=rank, size=size, shuffle=True, seed=seed,
-                                   streaming=config.streaming, repeat=epochs != 1,
-                                   shuffle_buffer=config.shuffle_buffer)
-    val_ds, val_shard = make_dataset(data / "val.h5", config.batch_size, n=config.n_val,
-                                     rank=rank, size=size, shuffle=False,
-                                     streaming=config.streaming, repeat=epochs != 1)
-    return Pipelines(train_ds, val_ds, steps_per_epoch(shard, config.batch_size),
-                     steps_per_epoch(val_shard, config.batch_size), shard)
+    train_ds, shard = make_dataset(
+        data / "train.h5",
+        config.batch_size,
+        n=config.n_train,
+        rank=rank,
+        size=size,
+        shuffle=True,
+        seed=seed,
+        streaming=config.streaming,
+        repeat=epochs != 1,
+        shuffle_buffer=config.shuffle_buffer,
+    )
+    val_ds, val_shard = make_dataset(
+        data / "val.h5",
+        config.batch_size,
+        n=config.n_val,
+        rank=rank,
+        size=size,
+        shuffle=False,
+        streaming=config.streaming,
+        repeat=epochs != 1,
+    )
+    return Pipelines(
+        train_ds,
+        val_ds,
+        steps_per_epoch(shard, config.batch_size),
+        steps_per_epoch(val_shard, config.batch_size),
+        shard,
+    )
 
 
-def fit(model, pipes: Pipelines, epochs: int, initial_epoch: int = 0, callbacks=(),
-        verbose: int = 0) -> dict:
+def fit(
+    model, pipes: Pipelines, epochs: int, initial_epoch: int = 0, callbacks=(), verbose: int = 0
+) -> dict:
     """The one training loop of lhccnn (batch jobs, Horovod ranks, HPO trials, PBT members):
     Keras fit from `initial_epoch` to `epochs` with validation every epoch; returns the
     history as plain floats."""
-    hist = model.fit(pipes.train, epochs=epochs, initial_epoch=initial_epoch,
-                     steps_per_epoch=pipes.steps, validation_data=pipes.val,
-                     validation_steps=pipes.val_steps, callbacks=list(callbacks), verbose=verbose)
+    hist = model.fit(
+        pipes.train,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=pipes.steps,
+        validation_data=pipes.val,
+        validation_steps=pipes.val_steps,
+        callbacks=list(callbacks),
+        verbose=verbose,
+    )
     return {k: [float(v) for v in vs] for k, vs in hist.history.items()}
 
 
-def train(config: TrainConfig, data: str | Path | None = None, out_dir: str | Path | None = None,
-          use_horovod: bool = False, n_test: int | None = None, callbacks=None) -> dict:
+def train(
+    config: TrainConfig,
+    data: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    use_horovod: bool = False,
+    n_test: int | None = None,
+    callbacks=None,
+) -> dict:
     """Train one model; return a result dict (history, test metrics, throughput, shard).
 
     With `use_horovod`, every rank calls this: each reads its own shard of the training and
@@ -235,7 +212,9 @@ def train(config: TrainConfig, data: str | Path | None = None, out_dir: str | Pa
         hvd.init()  # Horovod: join the ranks started by mpirun/srun/horovodrun
         rank, size = hvd.rank(), hvd.size()
     configure_threads(config.intra_threads, config.inter_threads)
-    tf.keras.utils.set_random_seed(config.seed + rank)  # per-rank shuffles; weights come from rank 0
+    tf.keras.utils.set_random_seed(
+        config.seed + rank
+    )  # per-rank shuffles; weights come from rank 0
 
     pipes = pipelines(config, data, rank=rank, size=size)
     steps, shard = pipes.steps, pipes.shard
@@ -247,7 +226,8 @@ def train(config: TrainConfig, data: str | Path | None = None, out_dir: str | Pa
         opt = hvd.DistributedOptimizer(opt)  # Horovod: average gradients across ranks
     model = build_model(mc, optimizer=opt)
 
-    WarmupLR, Throughput, EpochLog = _callbacks_module()
+    from .callbacks import EpochLog, Throughput, WarmupLR  # imports TensorFlow
+
     cbs = []
     if use_horovod:
         cbs += [
@@ -261,18 +241,27 @@ def train(config: TrainConfig, data: str | Path | None = None, out_dir: str | Pa
     if rank == 0:  # rank-0-only side effects: the log and the files
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            atomic_json(out / "config.json", {**config.to_dict(), "ranks": size, "target_lr": target_lr})
+            write_json(
+                out / "config.json",
+                {**config.to_dict(), "ranks": size, "target_lr": target_lr},
+                indent=1,
+            )
         cbs.append(EpochLog(out))
     cbs += list(callbacks or [])
 
     t0 = time.perf_counter()
-    history = fit(model, pipes, config.epochs, callbacks=cbs,
-                  verbose=config.verbose if rank == 0 else 0)
+    history = fit(
+        model, pipes, config.epochs, callbacks=cbs, verbose=config.verbose if rank == 0 else 0
+    )
     wall = time.perf_counter() - t0
 
     result = {
-        "rank": rank, "size": size, "shard": [shard.start, shard.stop],
-        "history": history, "wall_seconds": wall, "target_lr": target_lr,
+        "rank": rank,
+        "size": size,
+        "shard": [shard.start, shard.stop],
+        "history": history,
+        "wall_seconds": wall,
+        "target_lr": target_lr,
         "weights_digest": weights_digest(model),
         # epoch 1 includes graph tracing: report the median of the later epochs when there are any
         "samples_per_s": float(np.median(history["samples_per_s"][1:] or history["samples_per_s"])),
@@ -282,7 +271,8 @@ def train(config: TrainConfig, data: str | Path | None = None, out_dir: str | Pa
         val_acc = history.get("val_accuracy", [0.0])[-1]
         result["collapsed"] = collapsed(val_acc, result["test"]["majority_rate"])
         if out is not None:
-            atomic_json(out / "metrics.json", {k: v for k, v in result.items() if k != "history"})
+            metrics = {k: v for k, v in result.items() if k != "history"}
+            write_json(out / "metrics.json", metrics, indent=1)
             model.save_weights(str(out / "model.h5"))
     return result
 
@@ -291,69 +281,150 @@ def _sizes(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 8,16,32, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers like 8,16,32, got {text!r}"
+        ) from None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     d, m = TrainConfig(), ModelConfig()
     p = argparse.ArgumentParser(
-        prog="python -m lhccnn.train",
+        prog="lhccnn train",
         description="Train the LHC-image CNN on train/val/test.h5, in one process or with Horovod "
-                    "(run under mpirun/srun/horovodrun with --horovod). Rank 0 writes "
-                    "config.json, history.json (every epoch), checkpoint.h5, model.h5 and "
-                    "metrics.json (test accuracy, AUC unweighted and weighted, samples/s) to --out.",
-        epilog="example: mpirun -np 2 python -m lhccnn.train --horovod --epochs 4 --out results/hvd2")
-    p.add_argument("--data", type=Path, default=None,
-                   help="folder with train.h5, val.h5, test.h5 (default: $LHCCNN_DATA_DIR or data/synthetic)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (rank 0 writes here; default: none, nothing written)")
+        "(run under mpirun/srun/horovodrun with --horovod). Rank 0 writes "
+        "config.json, history.json (every epoch), checkpoint.h5, model.h5 and "
+        "metrics.json (test accuracy, AUC unweighted and weighted, samples/s) to --out.",
+        epilog="example: mpirun -np 2 python -m lhccnn.train --horovod --epochs 4 "
+        "--out results/hvd2",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="folder with train.h5, val.h5, test.h5 (default: $LHCCNN_DATA_DIR or data/synthetic)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (rank 0 writes here; default: none, nothing written)",
+    )
     p.add_argument("--horovod", action="store_true", help="data-parallel training with Horovod")
     p.add_argument("--smoke", action="store_true", help="tiny sizes that train in seconds")
     s = smoke()
     # sizes default to None and are filled from the preset (--smoke or the paper's values)
-    for flag, attr, help_ in [("--epochs", "epochs", "epochs"), ("--batch-size", "batch_size", "per rank"),
-                              ("--n-train", "n_train", "training events, all ranks together"),
-                              ("--n-val", "n_val", "validation events, all ranks together"),
-                              ("--warmup-epochs", "warmup_epochs", "epochs of lr warm-up")]:
+    for flag, attr, help_ in [
+        ("--epochs", "epochs", "epochs"),
+        ("--batch-size", "batch_size", "per rank"),
+        ("--n-train", "n_train", "training events, all ranks together"),
+        ("--n-val", "n_val", "validation events, all ranks together"),
+        ("--warmup-epochs", "warmup_epochs", "epochs of lr warm-up"),
+    ]:
         kind = float if attr == "warmup_epochs" else int
-        p.add_argument(flag, type=kind, default=None,
-                       help=f"{help_} (default {getattr(d, attr)}; with --smoke {getattr(s, attr)})")
+        p.add_argument(
+            flag,
+            type=kind,
+            default=None,
+            help=f"{help_} (default {getattr(d, attr)}; with --smoke {getattr(s, attr)})",
+        )
     p.add_argument("--n-test", type=int, default=None, help="test events (default: the whole file)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=m.optimizer, help="(default: %(default)s)")
-    p.add_argument("--lr", type=float, default=m.lr, help="learning rate of one rank (default: %(default)s)")
-    p.add_argument("--lr-scaling", choices=LR_SCALING, default=d.lr_scaling,
-                   help="how the lr grows with the number of ranks (default: %(default)s)")
+    p.add_argument(
+        "--optimizer", choices=OPTIMIZERS, default=m.optimizer, help="(default: %(default)s)"
+    )
+    p.add_argument(
+        "--lr", type=float, default=m.lr, help="learning rate of one rank (default: %(default)s)"
+    )
+    p.add_argument(
+        "--lr-scaling",
+        choices=LR_SCALING,
+        default=d.lr_scaling,
+        help="how the lr grows with the number of ranks (default: %(default)s)",
+    )
     p.add_argument("--dropout", type=float, default=m.dropout, help="(default: %(default)s)")
-    p.add_argument("--conv-sizes", type=_sizes, default=m.conv_sizes, help="conv filters per block (default: 8,16,32)")
-    p.add_argument("--dense-sizes", type=_sizes, default=m.dense_sizes, help="dense layer sizes (default: 64)")
-    p.add_argument("--threads", type=int, default=d.intra_threads, help="TensorFlow intra-op threads (default: %(default)s)")
-    p.add_argument("--inter-threads", type=int, default=d.inter_threads, help="(default: %(default)s)")
-    p.add_argument("--in-memory", action="store_true", help="load the shard into memory instead of streaming")
+    p.add_argument(
+        "--conv-sizes",
+        type=_sizes,
+        default=m.conv_sizes,
+        help="conv filters per block (default: 8,16,32)",
+    )
+    p.add_argument(
+        "--dense-sizes", type=_sizes, default=m.dense_sizes, help="dense layer sizes (default: 64)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=d.intra_threads,
+        help="TensorFlow intra-op threads (default: %(default)s)",
+    )
+    p.add_argument(
+        "--inter-threads", type=int, default=d.inter_threads, help="(default: %(default)s)"
+    )
+    p.add_argument(
+        "--in-memory", action="store_true", help="load the shard into memory instead of streaming"
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
-    p.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2),
-                   help="Keras progress output of rank 0, besides the one log line per epoch (default: 0)")
+    p.add_argument(
+        "--verbose",
+        type=int,
+        default=0,
+        choices=(0, 1, 2),
+        help="Keras progress output of rank 0, besides the one log line per epoch (default: 0)",
+    )
     return p.parse_args(argv)
 
 
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
     base = smoke() if a.smoke else TrainConfig()
-    sizes = {k: getattr(a, k) for k in ("epochs", "batch_size", "n_train", "n_val", "warmup_epochs")
-             if getattr(a, k) is not None}
+    sizes = {
+        k: getattr(a, k)
+        for k in ("epochs", "batch_size", "n_train", "n_val", "warmup_epochs")
+        if getattr(a, k) is not None
+    }
     return base.replace(
-        **sizes, lr_scaling=a.lr_scaling, intra_threads=a.threads, inter_threads=a.inter_threads,
-        streaming=not a.in_memory, seed=a.seed, verbose=a.verbose, model_optimizer=a.optimizer,
-        model_lr=a.lr, model_dropout=a.dropout, model_conv_sizes=a.conv_sizes,
-        model_dense_sizes=a.dense_sizes)
+        **sizes,
+        lr_scaling=a.lr_scaling,
+        intra_threads=a.threads,
+        inter_threads=a.inter_threads,
+        streaming=not a.in_memory,
+        seed=a.seed,
+        verbose=a.verbose,
+        model_optimizer=a.optimizer,
+        model_lr=a.lr,
+        model_dropout=a.dropout,
+        model_conv_sizes=a.conv_sizes,
+        model_dense_sizes=a.dense_sizes,
+    )
 
 
 def config_to_args(config: TrainConfig) -> list[str]:
     """The CLI arguments that reproduce `config` (inverse of config_from_args), for batch jobs."""
     m = config.model
-    args = ["--epochs", config.epochs, "--batch-size", config.batch_size,
-            "--warmup-epochs", config.warmup_epochs, "--lr-scaling", config.lr_scaling,
-            "--threads", config.intra_threads, "--inter-threads", config.inter_threads,
-            "--seed", config.seed, "--optimizer", m.optimizer, "--lr", m.lr, "--dropout", m.dropout,
-            "--conv-sizes", ",".join(map(str, m.conv_sizes)),
-            "--dense-sizes", ",".join(map(str, m.dense_sizes))]
+    args = [
+        "--epochs",
+        config.epochs,
+        "--batch-size",
+        config.batch_size,
+        "--warmup-epochs",
+        config.warmup_epochs,
+        "--lr-scaling",
+        config.lr_scaling,
+        "--threads",
+        config.intra_threads,
+        "--inter-threads",
+        config.inter_threads,
+        "--seed",
+        config.seed,
+        "--optimizer",
+        m.optimizer,
+        "--lr",
+        m.lr,
+        "--dropout",
+        m.dropout,
+        "--conv-sizes",
+        ",".join(map(str, m.conv_sizes)),
+        "--dense-sizes",
+        ",".join(map(str, m.dense_sizes)),
+    ]
     if config.n_train is not None:
         args += ["--n-train", config.n_train]
     if config.n_val is not None:
@@ -385,16 +456,23 @@ def main(argv=None) -> int:
     from .data import DataError
 
     try:
-        result = train(config, data=a.data, out_dir=a.out, use_horovod=a.horovod,
-                       n_test=a.n_test or (1024 if a.smoke else None))
+        result = train(
+            config,
+            data=a.data,
+            out_dir=a.out,
+            use_horovod=a.horovod,
+            n_test=a.n_test or (1024 if a.smoke else None),
+        )
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if result["rank"] == 0:
         t = result["test"]
-        print(f"ranks={result['size']} test_accuracy={t['accuracy']:.4f} "
-              f"auc={t['auc']:.4f} weighted_auc={t['weighted_auc']:.4f} "
-              f"samples_per_s={result['samples_per_s']:.1f} collapsed={result['collapsed']}")
+        print(
+            f"ranks={result['size']} test_accuracy={t['accuracy']:.4f} "
+            f"auc={t['auc']:.4f} weighted_auc={t['weighted_auc']:.4f} "
+            f"samples_per_s={result['samples_per_s']:.1f} collapsed={result['collapsed']}"
+        )
     return 0
 
 

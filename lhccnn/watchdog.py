@@ -61,8 +61,16 @@ class Watchdog:
         self._state: dict = {}
 
     @classmethod
-    def start(cls, state_file: str | Path, *, jobs=(), job_names=(), processes=(), paths=(),
-              driver_pid: int | None = None) -> "Watchdog":
+    def start(
+        cls,
+        state_file: str | Path,
+        *,
+        jobs=(),
+        job_names=(),
+        processes=(),
+        paths=(),
+        driver_pid: int | None = None,
+    ) -> Watchdog:
         state_file = Path(state_file)
         state_file.parent.mkdir(parents=True, exist_ok=True)
         driver = identity(driver_pid or os.getpid())
@@ -71,10 +79,16 @@ class Watchdog:
         logfile = open(state_file.with_suffix(".log"), "ab")
         # own session: a kernel restart signals the kernel's process group, not this one;
         # cwd /: the watchdog must not keep a directory busy that the owner wants to delete
-        proc = subprocess.Popen([sys.executable, "-m", "lhccnn.watchdog", str(state_file)],
-                                stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile,
-                                start_new_session=True, close_fds=True, cwd="/",
-                                env=dict(os.environ, PYTHONPATH=_package_root()))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lhccnn.watchdog", str(state_file)],
+            stdin=subprocess.DEVNULL,
+            stdout=logfile,
+            stderr=logfile,
+            start_new_session=True,
+            close_fds=True,
+            cwd="/",
+            env=dict(os.environ, PYTHONPATH=_package_root()),
+        )
         logfile.close()
         self = cls(state_file, proc)
         self._state = state
@@ -82,7 +96,7 @@ class Watchdog:
         return self
 
     def update(self, *, jobs=(), job_names=(), processes=(), paths=()) -> None:
-        """Add to what the watchdog tears down; processes are pids (their start time is read now)."""
+        """Add to what the watchdog tears down; processes are pids (their start time read now)."""
         s = self._state
         s["jobs"] = sorted(set(s["jobs"]) | {str(j) for j in jobs if j})
         s["job_names"] = sorted(set(s["job_names"]) | set(job_names))
@@ -108,7 +122,7 @@ class Watchdog:
 
 
 def _package_root() -> str:
-    # the watchdog imports lhccnn from the same place as its owner (a checkout, not only site-packages)
+    # the watchdog imports lhccnn from where its owner does (a checkout, not only site-packages)
     root = str(Path(__file__).resolve().parents[1])
     rest = os.environ.get("PYTHONPATH")
     return f"{root}{os.pathsep}{rest}" if rest else root
@@ -139,10 +153,14 @@ def teardown(state: dict, cancel_timeout: float = CANCEL_TIMEOUT) -> bool:
     ok = True
     if state.get("jobs") or state.get("job_names"):
         try:
-            slurm.cancel(state.get("jobs", []), names=state.get("job_names", []),
-                         timeout=cancel_timeout)
-            log.info("jobs %s / names %s: none left in the queue", state.get("jobs"),
-                     state.get("job_names"))
+            slurm.cancel(
+                state.get("jobs", []), names=state.get("job_names", []), timeout=cancel_timeout
+            )
+            log.info(
+                "jobs %s / names %s: none left in the queue",
+                state.get("jobs"),
+                state.get("job_names"),
+            )
         except slurm.SlurmError as e:
             log.error("%s", e)
             ok = False
@@ -196,8 +214,9 @@ def watch(state_file: Path, poll: float = POLL) -> int:
             while not ok and time.monotonic() - t0 < GIVE_UP:  # no one else will: keep trying
                 time.sleep(5)
                 ok = teardown(state)
-            log.warning("teardown %s in %.1f s", "complete" if ok else "INCOMPLETE",
-                        time.monotonic() - t0)
+            log.warning(
+                "teardown %s in %.1f s", "complete" if ok else "INCOMPLETE", time.monotonic() - t0
+            )
             state_file.unlink(missing_ok=True)
             return 0 if ok else 1
         time.sleep(poll)

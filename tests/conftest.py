@@ -3,17 +3,17 @@ and benchmark records (results/<name>.json with the machine, targets and figures
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from lhccnn.config import notebooks, results_dir
+from lhccnn import results
+from lhccnn.config import notebook_parameters, notebooks
+from lhccnn.security import private_kernel_manager
 
 REPO = Path(__file__).resolve().parents[1]
 MINISLURM = REPO / "recipes" / "minislurm" / "minislurm.sh"
@@ -29,25 +29,10 @@ TINY = {"train": 2048, "val": 512, "test": 512}
 BOOK_CHAPTERS = [p.stem for p in notebooks()]
 
 
-def _write_record(name: str, title: str, targets: dict, figures: dict) -> None:
-    """results/<name>.json with the machine, the targets and the figures; a table on stdout."""
-    out = results_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-               "when": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "load_average_1_5_15_min": os.getloadavg()}  # other work on the machine
-    (out / f"{name}.json").write_text(json.dumps(
-        {"machine": machine, "targets": targets, "figures": figures}, indent=1, default=float))
-    width = max(map(len, figures), default=0)
-    print(f"\n{title} (results/{name}.json):")
-    for k, v in figures.items():
-        value = f"{v:10.3f}" if isinstance(v, float) else str(v)
-        print(f"  {k:<{width}}  {value}" + (f"   (target {targets[k]})" if k in targets else ""))
-
-
 @pytest.fixture(scope="session")
 def write_record():
-    return _write_record
+    """write_record(name, title, targets, figures): results/<name>.json and a table on stdout."""
+    return results.write_bench
 
 
 @pytest.fixture(scope="session")
@@ -95,10 +80,15 @@ class SmokeRuns:
             old = os.environ.get("LHCCNN_DATA_DIR")
             os.environ["LHCCNN_DATA_DIR"] = str(self.data)  # the kernel and engines inherit it
             try:
-                pm.execute_notebook(REPO / "notebooks" / f"{name}.ipynb", self.notebooks / f"{name}.ipynb",
-                                    cwd=str(REPO / "notebooks"), kernel_name="python3",
-                                    parameters={"smoke": True, "results_dir": str(self.results)},
-                                    progress_bar=False)
+                pm.execute_notebook(
+                    REPO / "notebooks" / f"{name}.ipynb",
+                    self.notebooks / f"{name}.ipynb",
+                    cwd=str(REPO / "notebooks"),
+                    kernel_name="python3",
+                    parameters=notebook_parameters(name, smoke=True, results_dir=str(self.results)),
+                    kernel_manager_class=private_kernel_manager(),
+                    progress_bar=False,
+                )
                 self._done[name] = self.notebooks / f"{name}.ipynb"
             except Exception as e:
                 self._done[name] = e
@@ -112,10 +102,9 @@ class SmokeRuns:
         return self._done[name]
 
     def record(self, name: str) -> dict:
-        import json
 
         self(name)
-        return json.loads((self.results / f"{name}.json").read_text())
+        return results.read(name, self.results)
 
 
 @pytest.fixture(scope="session")
@@ -131,12 +120,23 @@ def book_html(smoke_runs):
     root = smoke_runs.root
     for f in ("_config.yml", "_toc.yml"):
         shutil.copy(REPO / f, root / f)
-    shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("notebooks", "_build"),
-                    dirs_exist_ok=True)
+    shutil.copytree(
+        REPO / "book",
+        root / "book",
+        ignore=shutil.ignore_patterns("notebooks", "_build"),
+        dirs_exist_ok=True,
+    )
+    if not (root / "lhccnn").exists():  # the chapters include functions' source from the package
+        (root / "lhccnn").symlink_to(REPO / "lhccnn")
     env = {**os.environ, "LHCCNN_RESULTS": str(smoke_runs.results)}  # the benchmarks page reads it
     jb = Path(sys.executable).with_name("jupyter-book")
-    out = subprocess.run([str(jb), "build", str(root), "--warningiserror", "--nitpick", "--keep-going"],
-                         env=env, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [str(jb), "build", str(root), "--warningiserror", "--nitpick", "--keep-going"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     return root / "_build" / "html", out
 
 
@@ -163,8 +163,9 @@ def slurm_cluster():
 
 
 def _queue(env) -> dict[str, str]:
-    out = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], env=env, capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        ["squeue", "-h", "-o", "%i %j %T"], env=env, capture_output=True, text=True
+    ).stdout
     return {line.split()[0]: line for line in out.splitlines() if line.strip()}
 
 
@@ -186,6 +187,8 @@ def pytest_runtest_makereport(item, call):
         for cmd in (["sinfo", "-N"], ["squeue"]):
             out = subprocess.run(cmd, env=env, capture_output=True, text=True)
             item.add_report_section("call", " ".join(cmd), out.stdout + out.stderr)
-        state = Path(os.environ.get("MINISLURM_STATE", REPO / ".minislurm"))  # where minislurm.sh keeps it
+        state = Path(
+            os.environ.get("MINISLURM_STATE", REPO / ".minislurm")
+        )  # where minislurm.sh keeps it
         for log in sorted((state / "log").glob("*.log")):
             item.add_report_section("call", log.name, "\n".join(log.read_text().splitlines()[-15:]))

@@ -31,11 +31,19 @@ POPULATION, WORKERS, GENERATIONS = (100, 32, 20) if FULL else (12, 4, 3)
 EPOCHS = 4  # per HPO trial (notebook 03's)
 SCALE = 0.05  # a trial's simulated epochs last 5 % of notebook 03's: the search fits in minutes
 PBT_SCALE = 0.1  # a member's epoch ~3.5 s, about what notebook 05's real members take here
-TARGETS = {"ms_per_task_at_64": "<= 5", "makespan_over_lower_bound": "<= 1.05",
-           "pbt_overhead_fraction_median": "<= 0.05", "poll_s_at_10000": "<= 0.5",
-           "open_cold_s_at_10000": "<= 5", "file_calls_per_changed_trial": "flat in study size"}
-RECORD: dict = {"work": LABEL, "engines": "local (this machine), no TensorFlow",
-                "size": "full" if FULL else "ci"}
+TARGETS = {
+    "ms_per_task_at_64": "<= 5",
+    "makespan_over_lower_bound": "<= 1.05",
+    "pbt_overhead_fraction_median": "<= 0.05",
+    "poll_s_at_10000": "<= 0.5",
+    "open_cold_s_at_10000": "<= 5",
+    "file_calls_per_changed_trial": "flat in study size",
+}
+RECORD: dict = {
+    "work": LABEL,
+    "engines": "local (this machine), no TensorFlow",
+    "size": "full" if FULL else "ci",
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -45,9 +53,23 @@ def record(write_record):
 
 
 def test_allreduce_of_the_cnns_gradient_between_two_ranks():
-    out = subprocess.run(["mpirun", "-np", "2", "--oversubscribe", "--bind-to", "none",
-                          sys.executable, "-m", "lhccnn.scale", "allreduce"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            "mpirun",
+            "-np",
+            "2",
+            "--oversubscribe",
+            "--bind-to",
+            "none",
+            sys.executable,
+            "-m",
+            "lhccnn.scale",
+            "allreduce",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     seconds = float(out.stdout.split("allreduce_s")[1].split()[0])
     RECORD["allreduce_s"] = seconds
@@ -83,22 +105,40 @@ def test_random_search_makespan_on_many_engines(tmp_path):
     store = Store(tmp_path / "study")
     base = TrainConfig(epochs=EPOCHS)
     with Cluster.start(ClusterSpec(local=True, engines=TRIAL_ENGINES, wait=600)) as cluster:
-        hpo.random_search(cluster.client.load_balanced_view(), hpo.default_space(), TRIALS, store,
-                          base, progress=False, work=work)
+        hpo.random_search(
+            cluster.client.load_balanced_view(),
+            hpo.default_space(),
+            TRIALS,
+            store,
+            base,
+            progress=False,
+            work=work,
+        )
     checks = scale.study_invariants(store, EPOCHS)
-    assert checks == {"trials": TRIALS, "completed": TRIALS, "first_attempt": TRIALS,
-                      "rows_ok": TRIALS}, checks
+    assert checks == {
+        "trials": TRIALS,
+        "completed": TRIALS,
+        "first_attempt": TRIALS,
+        "rows_ok": TRIALS,
+    }, checks
     m = hpo.makespan_from_store(store, engines=TRIAL_ENGINES)
-    RECORD["makespan"] = {**m, "trials": TRIALS, "epochs": EPOCHS, "scale": SCALE,
-                          "order": "most expensive first (hpo.predicted_cost)"}
+    RECORD["makespan"] = {
+        **m,
+        "trials": TRIALS,
+        "epochs": EPOCHS,
+        "scale": SCALE,
+        "order": "most expensive first (hpo.predicted_cost)",
+    }
     for key in ("measured", "greedy", "longest_first", "round_robin", "pigeonhole_bound"):
-        RECORD[f"{'makespan' if key == 'measured' else key}_over_lower_bound"] = \
+        RECORD[f"{'makespan' if key == 'measured' else key}_over_lower_bound"] = (
             m[key] / m["lower_bound"]
+        )
     RECORD["makespan_over_pigeonhole_bound"] = m["measured"] / m["pigeonhole_bound"]
     # the same trial times sent in trial-id order, as before the search ordered them by cost
     by_id = [store.status(t)["task_seconds"] for t in store.trial_ids()]
-    RECORD["id_order_over_lower_bound"] = \
+    RECORD["id_order_over_lower_bound"] = (
         hpo.makespan_analysis(by_id, TRIAL_ENGINES)["greedy"] / m["lower_bound"]
+    )
     assert m["measured"] >= m["pigeonhole_bound"] * 0.999 >= m["lower_bound"] * 0.998
 
 
@@ -120,10 +160,14 @@ def test_pbt_with_a_large_population(tmp_path):
             if g:  # the lineage is whole: every member inherited from the generation before
                 assert cfg["inherit"] in run.members(g - 1) and st["loaded_from"] == cfg["inherit"]
     fractions = [run.generation_record(g)["overhead_fraction"] for g in range(GENERATIONS)]
-    RECORD["pbt"] = {"population": POPULATION, "workers": WORKERS, "generations": GENERATIONS,
-                     "overhead_fraction": fractions,
-                     "wall_s": [run.generation_record(g)["wall_s"] for g in range(GENERATIONS)],
-                     "best_val_loss": [h["best_val_loss"] for h in history]}
+    RECORD["pbt"] = {
+        "population": POPULATION,
+        "workers": WORKERS,
+        "generations": GENERATIONS,
+        "overhead_fraction": fractions,
+        "wall_s": [run.generation_record(g)["wall_s"] for g in range(GENERATIONS)],
+        "best_val_loss": [h["best_val_loss"] for h in history],
+    }
     RECORD["pbt_overhead_fraction_median"] = statistics.median(fractions)
     RECORD["pbt_overhead_fraction_max"] = max(fractions)
     members = [store.status(t) for t in store.trial_ids()]
@@ -132,8 +176,10 @@ def test_pbt_with_a_large_population(tmp_path):
     # the driver's selection, crossover and mutation: a generation's end to the next's creation
     RECORD["pbt_breed_s_median"] = statistics.median(
         run.generation_record(g)["created"] - run.generation_record(g - 1)["finished"]
-        for g in range(1, GENERATIONS))
+        for g in range(1, GENERATIONS)
+    )
     RECORD["pbt_overhead_s_median"] = statistics.median(
-        run.generation_record(g)["overhead_s"] for g in range(GENERATIONS))
+        run.generation_record(g)["overhead_s"] for g in range(GENERATIONS)
+    )
     # selection works on the simulated surface: the best member improves over the run
     assert history[-1]["best_val_loss"] < history[0]["best_val_loss"]

@@ -10,9 +10,13 @@ from lhccnn.config import notebooks
 CHAPTERS = [p.stem for p in notebooks()]
 
 # figures (img) each chapter must show, and whether it carries live widgets
-EXPECTED = {"01_cluster_startup": (1, False), "02_horovod_scaling": (3, False),
-            "03_random_search_hpo": (4, False), "04_widget_hpo": (1, True),
-            "05_pbt_genetic": (4, True)}
+EXPECTED = {
+    "01_cluster_startup": (1, False),
+    "02_horovod_scaling": (3, False),
+    "03_random_search_hpo": (4, False),
+    "04_widget_hpo": (1, True),
+    "05_pbt_genetic": (4, True),
+}
 
 
 def test_book_builds_without_warnings(book_html):
@@ -37,6 +41,32 @@ def test_chapter_pages_show_their_figures_and_widgets(book_html, chapter):
     if widgets:  # saved widget state, rendered by the ipywidgets embed script
         assert "application/vnd.jupyter.widget-view+json" in page
         assert "application/vnd.jupyter.widget-state+json" in page
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapters_end_with_a_summary_and_exercises_and_the_footer_has_this_projects_year(
+    book_html, chapter
+):
+    html, _ = book_html
+    page = (html / "book" / "notebooks" / f"{chapter}.html").read_text()
+    headings = re.findall(r"<h2>([^<]+)<a", page)
+    assert headings[-2:] == ["Summary", "Exercises"], headings
+    assert re.search(r"©\s*(<a [^>]*>)?Copyright 2026", page) and "Copyright 2023" not in page
+
+
+# the package's own source each chapter shows (literalinclude), so that book and code cannot drift
+INCLUDED = {
+    "02_horovod_scaling": "scaled_lr",
+    "03_random_search_hpo": "run_attempt",
+    "05_pbt_genetic": "breed",
+}
+
+
+@pytest.mark.parametrize("chapter", sorted(INCLUDED))
+def test_chapters_show_the_source_of_the_functions_they_teach(book_html, chapter):
+    html, _ = book_html
+    page = (html / "book" / "notebooks" / f"{chapter}.html").read_text()
+    assert f'<span class="nf">{INCLUDED[chapter]}</span>' in page
 
 
 def test_no_broken_internal_links(book_html):

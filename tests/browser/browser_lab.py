@@ -15,8 +15,14 @@ import urllib.request
 import psutil
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def _free_port() -> int:
@@ -33,10 +39,22 @@ def jupyter_lab(root, **env):
     # the token through the environment: a command line is visible to every user (ps)
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(root / "cfg"), JUPYTER_TOKEN=token, **env)
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--ServerApp.root_dir={root}", "--ServerApp.allow_root=True", "--LabApp.news_url=''",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        env=env, stdout=open(root / "lab.log", "w"), stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            f"--ServerApp.root_dir={root}",
+            "--ServerApp.allow_root=True",
+            "--LabApp.news_url=''",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ],
+        env=env,
+        stdout=open(root / "lab.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -45,14 +63,16 @@ def jupyter_lab(root, **env):
                 urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
                 break
             except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, \
-                    (root / "lab.log").read_text()[-3000:]
+                assert time.monotonic() < deadline and server.poll() is None, (
+                    root / "lab.log"
+                ).read_text()[-3000:]
                 time.sleep(0.5)
         assert not any(token in arg for arg in psutil.Process(server.pid).cmdline())
         yield base, token
         for k in json.load(urllib.request.urlopen(f"{base}/api/kernels?token={token}")):
-            req = urllib.request.Request(f"{base}/api/kernels/{k['id']}?token={token}",
-                                         method="DELETE")
+            req = urllib.request.Request(
+                f"{base}/api/kernels/{k['id']}?token={token}", method="DELETE"
+            )
             urllib.request.urlopen(req)
     finally:
         server.terminate()

@@ -11,10 +11,15 @@ import pytest
 from lhccnn.config import notebooks, results_dir
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 CHAPTERS = [p.stem for p in notebooks()]
-
 
 
 @pytest.fixture
@@ -47,12 +52,16 @@ def test_book_chapters_render_figures_in_chromium(book_server):
             page.goto(f"{book_server}/book/notebooks/{chapter}.html")
             page.wait_for_load_state("load")
             figures = page.eval_on_selector_all(
-                "main img", "imgs => imgs.map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+                "main img",
+                "imgs => imgs.map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])",
+            )
             assert figures, f"{chapter}: no figure"
             broken = [src for src, complete, width in figures if not (complete and width > 0)]
             assert not broken, f"{chapter}: figures that did not load: {broken}"
             if chapter in ("04_widget_hpo", "05_pbt_genetic"):
-                views = page.locator('script[type="application/vnd.jupyter.widget-view+json"]').count()
+                views = page.locator(
+                    'script[type="application/vnd.jupyter.widget-view+json"]'
+                ).count()
                 assert views >= 1, f"{chapter}: no widget view in the page"
             page.screenshot(path=str(shots / f"book-{chapter}.png"), full_page=False)
         browser.close()

@@ -7,10 +7,9 @@ from pathlib import Path
 import nbformat
 import psutil
 import pytest
+from browser_lab import ARGS, CHROMIUM, jupyter_lab, run_notebook
 
 from lhccnn.config import results_dir
-
-from browser_lab import ARGS, CHROMIUM, jupyter_lab, run_notebook
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "04_widget_hpo.ipynb"
 
@@ -22,11 +21,22 @@ def lab(tmp_path, tiny_data):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     show = next(i for i, c in enumerate(nb.cells) if c.source.strip().endswith("dash"))
     nb.cells = nb.cells[: show + 1]
-    params = {"smoke": False, "local": True, "n_trials": 3, "epochs": 40, "n_train": 2048, "n_val": 512,
-              "study": str(tmp_path / "study")}
+    params = {
+        "smoke": False,
+        "local": True,
+        "n_trials": 3,
+        "epochs": 40,
+        "n_train": 2048,
+        "n_val": 512,
+        "study": str(tmp_path / "study"),
+    }
     at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
-    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(  # what papermill would inject
-        "\n".join(f"{k} = {v!r}" for k, v in params.items())))
+    nb.cells.insert(
+        at + 1,
+        nbformat.v4.new_code_cell(  # what papermill would inject
+            "\n".join(f"{k} = {v!r}" for k, v in params.items())
+        ),
+    )
     nbformat.write(nb, tmp_path / "dashboard.ipynb")
     started = time.time()
     with jupyter_lab(tmp_path, LHCCNN_DATA_DIR=str(tiny_data)) as (base, token):
@@ -71,7 +81,8 @@ def test_dashboard_renders_updates_plots_and_stops_a_trial(lab):
             rows = page.locator(".q-grid .slick-row")
             expect(rows).to_have_count(3, timeout=120_000)
             expect(page.locator(".q-grid .slick-cell", has_text="running").first).to_be_visible(
-                timeout=120_000)
+                timeout=120_000
+            )
             deadline = time.monotonic() + 120
             while not any(len(store.metrics(t)) >= 1 for t in store.trial_ids()):
                 assert time.monotonic() < deadline, "no trial finished an epoch"
@@ -81,7 +92,8 @@ def test_dashboard_renders_updates_plots_and_stops_a_trial(lab):
             # click its row: the curves panel now plots that trial
             page.locator(".q-grid .slick-row", has_text=running).first.click()
             expect(page.locator(".bqplot text.mainheading", has_text=running)).to_be_visible(
-                timeout=30_000)
+                timeout=30_000
+            )
             page.screenshot(path=str(shots / "dashboard-selected.png"))
 
             # Stop selected: the trial really stops, and the table says so
@@ -90,8 +102,11 @@ def test_dashboard_renders_updates_plots_and_stops_a_trial(lab):
             while store.status(running)["status"] != "stopped":
                 assert time.monotonic() < deadline, store.status(running)
                 time.sleep(0.5)
-            expect(page.locator(".q-grid .slick-row", has_text=running)
-                   .locator(".slick-cell", has_text="stopped")).to_be_visible(timeout=30_000)
+            expect(
+                page.locator(".q-grid .slick-row", has_text=running).locator(
+                    ".slick-cell", has_text="stopped"
+                )
+            ).to_be_visible(timeout=30_000)
             page.screenshot(path=str(shots / "dashboard-stopped.png"))
         except Exception:
             page.screenshot(path=str(shots / "dashboard-failure.png"))

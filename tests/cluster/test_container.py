@@ -1,7 +1,8 @@
 """The container recipe, checked without building it: the Dockerfile's inputs exist, its base and
 layer order, its command is the README's test command and CI builds and runs it; its entrypoint,
 run natively, brings up a second mini SLURM, runs the command inside it, exits with the command's
-status and leaves nothing running. The built image's own tests: tests/container (make container-test)."""
+status and leaves nothing running. The built image's own tests: tests/container
+(make container-test)."""
 
 import os
 import re
@@ -19,7 +20,9 @@ def test_dockerfile_copies_what_exists_and_runs_the_readme_test_command():
             assert src == "." or (REPO / src).exists(), f"Dockerfile copies a missing {src}"
     entry = re.search(r'^ENTRYPOINT \["([^"]+)"\]', DOCKERFILE, flags=re.M).group(1)
     assert os.access(REPO / entry, os.X_OK), entry
-    cmd = " ".join(re.findall(r'"([^"]+)"', re.search(r"^CMD (.+)$", DOCKERFILE, flags=re.M).group(1)))
+    cmd = " ".join(
+        re.findall(r'"([^"]+)"', re.search(r"^CMD (.+)$", DOCKERFILE, flags=re.M).group(1))
+    )
     readme = (REPO / "README.md").read_text()
     assert re.search(rf"^{re.escape(cmd)}\s+# the tests", readme, flags=re.M), cmd
     assert cmd in (REPO / ".ci" / "run").read_text()  # CI, the README and the image agree
@@ -36,8 +39,10 @@ def test_dockerfile_builds_on_debian_12_with_the_environment_before_the_code():
     assert "--mount=type=cache,target=/root/.cache/pip" in steps[env][1]  # Horovod's wheel kept
     code = steps.index(("COPY", ". ."))
     assert env < code, "the environment must be built before the code is copied"
-    assert not any(k == "COPY" and re.search(r"(^| )(lhccnn|tests|notebooks)/?( |$)", v)
-                   for k, v in steps[:code]), "code copied before the environment: every edit rebuilds it"
+    assert not any(
+        k == "COPY" and re.search(r"(^| )(lhccnn|tests|notebooks)/?( |$)", v)
+        for k, v in steps[:code]
+    ), "code copied before the environment: every edit rebuilds it"
 
 
 def test_ci_runs_the_container_after_the_suite():
@@ -48,15 +53,33 @@ def test_ci_runs_the_container_after_the_suite():
 
 
 def test_entrypoint_runs_a_command_in_its_own_mini_slurm(slurm, tmp_path):
-    env = dict(os.environ, MINISLURM_STATE=str(tmp_path / "state"), MINISLURM_NODES="2",
-               MINISLURM_CTLD_PORT="16917", MINISLURM_NODE_PORT="17101")
+    env = dict(
+        os.environ,
+        MINISLURM_STATE=str(tmp_path / "state"),
+        MINISLURM_NODES="2",
+        MINISLURM_CTLD_PORT="16917",
+        MINISLURM_NODE_PORT="17101",
+    )
     env.pop("SLURM_CONF", None)  # the entrypoint points the command at its own cluster
-    out = subprocess.run([str(REPO / "recipes" / "minislurm" / "entrypoint.sh"), "bash", "-c",
-                          'srun -N2 -n2 bash -c "echo \\$SLURMD_NODENAME" && echo "conf=$SLURM_CONF" && exit 3'],
-                         env=env, capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [
+            str(REPO / "recipes" / "minislurm" / "entrypoint.sh"),
+            "bash",
+            "-c",
+            'srun -N2 -n2 bash -c "echo \\$SLURMD_NODENAME" && echo "conf=$SLURM_CONF" && exit 3',
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert out.returncode == 3, out.stdout + out.stderr  # the command's status, the cluster stopped
     assert sorted(out.stdout.split()[:2]) == ["node1", "node2"], out.stdout
     assert f"conf={tmp_path / 'state' / 'slurm.conf'}" in out.stdout
-    status = subprocess.run([str(REPO / "recipes" / "minislurm" / "minislurm.sh"), "status"], env=env,
-                            capture_output=True, text=True)
+    status = subprocess.run(
+        [str(REPO / "recipes" / "minislurm" / "minislurm.sh"), "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert status.returncode != 0  # stopped again: no daemon of its own left

@@ -44,7 +44,9 @@ def test_stop_restart_add_and_live_updates(local_engines, tiny_data, tmp_path):
         assert len(store.metrics(a)) <= epoch_at_stop + 1  # within one epoch
 
         assert "with lr=0.0005" in dash.restart(a, lr=5e-4)
-        assert store.config(a)["lr"] == 5e-4 and store.config(a)["history"][0]["was"] == {"lr": 1e-3}
+        assert store.config(a)["lr"] == 5e-4 and store.config(a)["history"][0]["was"] == {
+            "lr": 1e-3
+        }
         dash.wait([a, b], timeout=180)
         st = store.status(a)
         assert st["status"] == "completed" and st["attempt"] == 2
@@ -65,8 +67,13 @@ def test_stop_restart_add_and_live_updates(local_engines, tiny_data, tmp_path):
 
 def test_a_hard_stop_stays_stopped_and_no_retry_resurrects_it(local_engines, tiny_data, tmp_path):
     store = Store(tmp_path / "study")
-    dash = Dashboard(store, local_engines.client.load_balanced_view(), BASE.replace(epochs=200),
-                     data=tiny_data, n_test=256)
+    dash = Dashboard(
+        store,
+        local_engines.client.load_balanced_view(),
+        BASE.replace(epochs=200),
+        data=tiny_data,
+        n_test=256,
+    )
     t = dash.add({"lr": 1e-3})[:10]
     _until(lambda: store.status(t)["status"] == "running", what="the trial to start")
     engine = store.status(t)["engine_id"]
@@ -81,27 +88,40 @@ def test_a_hard_stop_stays_stopped_and_no_retry_resurrects_it(local_engines, tin
     assert local_engines.client[engine].apply_sync(abs, -42) == 42
 
 
-def test_a_sigint_reaching_an_engine_that_runs_another_trial_is_ignored(local_engines, tiny_data,
-                                                                      tmp_path):
+def test_a_sigint_reaching_an_engine_that_runs_another_trial_is_ignored(
+    local_engines, tiny_data, tmp_path
+):
     # what a hard stop sent just as its trial ended meets: the engine's next trial
     store = Store(tmp_path / "study")
-    dash = Dashboard(store, local_engines.client.load_balanced_view(), BASE.replace(epochs=3),
-                     data=tiny_data, n_test=256)
+    dash = Dashboard(
+        store,
+        local_engines.client.load_balanced_view(),
+        BASE.replace(epochs=3),
+        data=tiny_data,
+        n_test=256,
+    )
     t = dash.add({"lr": 1e-3})[:10]
     _until(lambda: len(store.metrics(t)) >= 1, what="the first epoch")
-    local_engines.client.send_signal(signal.SIGINT, targets=[store.status(t)["engine_id"]],
-                                     block=True)
+    local_engines.client.send_signal(
+        signal.SIGINT, targets=[store.status(t)["engine_id"]], block=True
+    )
     dash.wait([t], timeout=120)
     st = store.status(t)
     assert st["status"] == "completed" and st["attempt"] == 1
     assert [r["epoch"] for r in store.metric_rows(t)] == [1, 2, 3]
 
 
-def test_selecting_a_row_shows_its_values_and_restart_without_edits_keeps_them(local_engines,
-                                                                              tiny_data, tmp_path):
+def test_selecting_a_row_shows_its_values_and_restart_without_edits_keeps_them(
+    local_engines, tiny_data, tmp_path
+):
     store = Store(tmp_path / "study")
-    dash = Dashboard(store, local_engines.client.load_balanced_view(), BASE.replace(epochs=1),
-                     data=tiny_data, n_test=256)
+    dash = Dashboard(
+        store,
+        local_engines.client.load_balanced_view(),
+        BASE.replace(epochs=1),
+        data=tiny_data,
+        n_test=256,
+    )
     own = {"lr": 2.5e-3, "dropout": 0.15, "optimizer": "Nadam"}
     t = store.create_trial(own)
     store.request_stop(t)  # stopped before it ran

@@ -1,7 +1,6 @@
 """Horovod over MPI: 2 ranks keep identical weights and read disjoint shards."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +13,18 @@ HERE = Path(__file__).parent
 @pytest.fixture(scope="module")
 def two_ranks(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("hvd")
-    cmd = ["mpirun", "-np", "2", "--bind-to", "none", "--oversubscribe",
-           sys.executable, str(HERE / "hvd_ranks.py"), str(tiny_data), str(out)]
+    cmd = [
+        "mpirun",
+        "-np",
+        "2",
+        "--bind-to",
+        "none",
+        "--oversubscribe",
+        sys.executable,
+        str(HERE / "hvd_ranks.py"),
+        str(tiny_data),
+        str(out),
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)], out

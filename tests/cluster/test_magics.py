@@ -25,7 +25,9 @@ def shell():
 
 def test_start_status_stop_on_two_slurm_nodes(shell, slurm, capsys):
     t0 = time.monotonic()
-    cluster = shell.run_line_magic("ipcluster", "start -N 2 -n 2 -t 00:10:00 -C cpu -q debug --wait 60")
+    cluster = shell.run_line_magic(
+        "ipcluster", "start -N 2 -n 2 -t 00:10:00 -C cpu -q debug --wait 60"
+    )
     assert time.monotonic() - t0 < 60
     assert len(cluster.client.ids) == 2
     assert not list(Path.cwd().glob("*.sbatch"))  # ipyparallel's default: its script in the cwd
@@ -60,14 +62,17 @@ def test_local_cluster_listens_on_loopback_and_protects_its_keys(shell, capsys):
     assert "cluster stopped" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("line, message", [
-    ("", "say what to do"),
-    ("frobnicate", "invalid choice"),
-    ("start -N 0", "nodes must be >= 1"),
-    ("start -N 2 -n 1", "cannot fill 2 nodes"),
-    ("start --wait -5", "wait must be > 0"),
-    ("start -N two", "invalid int value"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("", "say what to do"),
+        ("frobnicate", "invalid choice"),
+        ("start -N 0", "nodes must be >= 1"),
+        ("start -N 2 -n 1", "cannot fill 2 nodes"),
+        ("start --wait -5", "wait must be > 0"),
+        ("start -N two", "invalid int value"),
+    ],
+)
 def test_bad_arguments_show_the_usage(shell, line, message):
     with pytest.raises(UsageError, match=message) as e:
         shell.run_line_magic("ipcluster", line)
@@ -82,9 +87,13 @@ def test_request_slurm_rejects_shows_slurms_message(shell, slurm):
 
 def test_allocation_still_pending_after_wait_is_cancelled(shell, slurm, tmp_path):
     # occupy every node, so that the cluster's job can only wait
-    blocker = subprocess.run(["sbatch", "--parsable", "-N4", "--exclusive", "-o", os.devnull,
-                              "--wrap", "sleep 300"], env=slurm, capture_output=True, text=True,
-                             check=True).stdout.strip()
+    blocker = subprocess.run(
+        ["sbatch", "--parsable", "-N4", "--exclusive", "-o", os.devnull, "--wrap", "sleep 300"],
+        env=slurm,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     try:
         t0 = time.monotonic()
         with pytest.raises(UsageError, match=r"still pending after 3 s \(reason: .*\): cancelled"):
@@ -119,7 +128,9 @@ def _kernel_with_a_cluster():
     try:
         reply = kc.execute_interactive(
             "%load_ext lhccnn.magics\nc = %ipcluster start -N 1 --wait 60\nprint('JOB', c.job_id)",
-            timeout=90, output_hook=outputs.append)
+            timeout=90,
+            output_hook=outputs.append,
+        )
         assert reply["content"]["status"] == "ok"
         text = "".join(m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream")
         job = text.split("JOB ")[1].split()[0]

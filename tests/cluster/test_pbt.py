@@ -1,4 +1,4 @@
-"""The PBT loop on real Dask workers (local engines): lineage, steering, pause, resume, reproducibility."""
+"""The PBT loop on real Dask workers (local engines): lineage, steering, pause, resume, reruns."""
 
 import dataclasses
 import threading
@@ -34,7 +34,9 @@ def test_pbt_run_keeps_a_consistent_lineage(straight_run):
             assert row.parents and set(row.parents) <= set(prev.index)
             assert row.inherit in row.parents
             # the child starts from the fitter parent's weights
-            assert prev.loc[row.inherit, "fitness"] == max(prev.loc[p, "fitness"] for p in row.parents)
+            assert prev.loc[row.inherit, "fitness"] == max(
+                prev.loc[p, "fitness"] for p in row.parents
+            )
             assert pbt.store.status(t)["loaded_from"] == row.inherit
             pbt.store.verify_checkpoint(t)
         # the fittest half carries on unchanged, and only it breeds the rest
@@ -42,8 +44,10 @@ def test_pbt_run_keeps_a_consistent_lineage(straight_run):
         survivors = cur[cur.parents.map(len) == 1]
         assert set(survivors.inherit) == fittest and len(survivors) == len(fittest) == 2
         for _, row in survivors.iterrows():
-            assert row[["lr", "dropout", "optimizer"]].tolist() == \
-                prev.loc[row.inherit, ["lr", "dropout", "optimizer"]].tolist()
+            assert (
+                row[["lr", "dropout", "optimizer"]].tolist()
+                == prev.loc[row.inherit, ["lr", "dropout", "optimizer"]].tolist()
+            )
         assert set().union(*cur.parents) <= fittest
     # epochs are numbered along the lineage: generation g trains epoch g + 1
     assert [m["epoch"] for m in pbt.store.metrics("g002-m01")] == [3]
@@ -56,11 +60,14 @@ def test_pbt_run_keeps_a_consistent_lineage(straight_run):
         assert 0 <= h["overhead_s"] < h["wall_s"]
     chain = pbt.best_lineage()
     assert [pbt.store.config(t)["generation"] for t in chain] == [0, 1, 2]
-    assert pbt.best_fom() == pytest.approx(min(
-        m["val_loss"] for t in df.index for m in pbt.store.metrics(t)))
+    assert pbt.best_fom() == pytest.approx(
+        min(m["val_loss"] for t in df.index for m in pbt.store.metrics(t))
+    )
 
 
-def test_a_resumed_run_repeats_the_straight_run_exactly(straight_run, local_dask, tiny_data, tmp_path):
+def test_a_resumed_run_repeats_the_straight_run_exactly(
+    straight_run, local_dask, tiny_data, tmp_path
+):
     # stop after generation 0, then a fresh PBT object on the store (what a restarted kernel
     # makes) resumes: same seed and schedule -> the same lineage and the same losses
     root = tmp_path / "run"
@@ -75,8 +82,9 @@ def test_a_resumed_run_repeats_the_straight_run_exactly(straight_run, local_dask
 
 
 def test_steering_applies_at_the_next_generation_and_is_logged(local_dask, tiny_data, tmp_path):
-    pbt = PBT(tmp_path / "run", BASE, config=dataclasses.replace(CONFIG, generations=2),
-              data=tiny_data)
+    pbt = PBT(
+        tmp_path / "run", BASE, config=dataclasses.replace(CONFIG, generations=2), data=tiny_data
+    )
     t_request = {}
 
     def steer(p, g):
@@ -97,8 +105,12 @@ def test_steering_applies_at_the_next_generation_and_is_logged(local_dask, tiny_
 
 
 def test_pause_holds_the_run_at_the_boundary_until_resumed(local_dask, tiny_data, tmp_path):
-    pbt = PBT(tmp_path / "run", BASE, config=PBTConfig(population=2, generations=2, seed=4),
-              data=tiny_data)
+    pbt = PBT(
+        tmp_path / "run",
+        BASE,
+        config=PBTConfig(population=2, generations=2, seed=4),
+        data=tiny_data,
+    )
     paused = threading.Event()
 
     def pause(p, g):

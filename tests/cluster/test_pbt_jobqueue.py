@@ -1,4 +1,4 @@
-"""PBT from the command line on Dask workers that are SLURM jobs (dask-jobqueue), on the mini SLURM."""
+"""PBT from the command line on Dask workers that are SLURM jobs (dask-jobqueue), mini SLURM."""
 
 import json
 import signal
@@ -13,15 +13,37 @@ from lhccnn.pbt import PBT
 
 
 def _pbt_cli(root, data, *extra):
-    return [sys.executable, "-m", "lhccnn.cli", "pbt", str(root), "--workers", "2", "--memory", "1GiB",
-            "--wait", "120", "--population", "3", "--generations", "3", "--n-train", "512",
-            "--n-val", "256", "--data", str(data), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "lhccnn.cli",
+        "pbt",
+        str(root),
+        "--workers",
+        "2",
+        "--memory",
+        "1GiB",
+        "--wait",
+        "120",
+        "--population",
+        "3",
+        "--generations",
+        "3",
+        "--n-train",
+        "512",
+        "--n-val",
+        "256",
+        "--data",
+        str(data),
+        *extra,
+    ]
 
 
 def _dask_jobs(env) -> list[str]:
     # each SlurmDask names its jobs lhccnn-dask-<random>, so that one run's cancel spares another's
-    out = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], env=env,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["squeue", "-h", "-o", "%i %j %T"], env=env, capture_output=True, text=True, check=True
+    ).stdout
     return [line for line in out.splitlines() if line.split()[1].startswith("lhccnn-dask-")]
 
 
@@ -35,10 +57,14 @@ def _finished(record) -> bool:
 def test_interrupted_run_cancels_its_worker_jobs_and_resumes(slurm, tiny_data, tmp_path):
     root = tmp_path / "run"
     args = _pbt_cli(root, tiny_data)
-    p = subprocess.Popen(args, env=slurm, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        args, env=slurm, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 300
     while not _finished(root / "generations" / "g000.json"):
-        assert p.poll() is None, f"the run ended before generation 0 finished:\n{p.communicate()[0]}"
+        assert p.poll() is None, (
+            f"the run ended before generation 0 finished:\n{p.communicate()[0]}"
+        )
         assert time.monotonic() < deadline, "generation 0 did not finish in 300 s"
         time.sleep(0.5)
     assert len(_dask_jobs(slurm)) == 2
@@ -64,34 +90,55 @@ def test_interrupted_run_cancels_its_worker_jobs_and_resumes(slurm, tiny_data, t
 
 
 def test_a_job_slurm_would_refuse_is_reported_before_submitting(slurm, tiny_data, tmp_path):
-    out = subprocess.run(_pbt_cli(tmp_path / "run", tiny_data, "--sbatch", "-C nosuchfeature"),
-                         env=slurm, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        _pbt_cli(tmp_path / "run", tiny_data, "--sbatch", "-C nosuchfeature"),
+        env=slurm,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 1, out.stdout + out.stderr
     assert "SLURM refuses the Dask worker's job" in out.stderr
     assert "nosuchfeature" in out.stderr and "#SBATCH" in out.stderr  # the job script is shown
     assert _dask_jobs(slurm) == []
     # the store was made; the same root with other settings is refused, naming what differs
-    other = subprocess.run(_pbt_cli(tmp_path / "run", tiny_data, "--survivors", "0.25"),
-                           env=slurm, capture_output=True, text=True, timeout=120)
+    other = subprocess.run(
+        _pbt_cli(tmp_path / "run", tiny_data, "--survivors", "0.25"),
+        env=slurm,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert other.returncode == 1 and "already holds a PBT run with another config" in other.stderr
 
 
-@pytest.mark.parametrize("bad, code, message", [
-    (("--workers", "0"), 2, "argument --workers: must be an integer >= 1, got '0'"),
-    (("--memory", "lots"), 2, "argument --memory: must be a size like 4GiB"),
-    (("--survivors", "2"), 1, "survivors must be a fraction in (0, 1)"),
-    (("--data", "nowhere"), 1, "nowhere/train.h5: no such file"),
-])
-def test_bad_command_line_values_are_refused_before_anything_starts(bad, code, message, tiny_data,
-                                                                     tmp_path):
-    out = subprocess.run(_pbt_cli(tmp_path / "run", tiny_data, *bad),  # the later option wins
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+@pytest.mark.parametrize(
+    "bad, code, message",
+    [
+        (("--workers", "0"), 2, "argument --workers: must be an integer >= 1, got '0'"),
+        (("--memory", "lots"), 2, "argument --memory: must be a size like 4GiB"),
+        (("--survivors", "2"), 1, "survivors must be a fraction in (0, 1)"),
+        (("--data", "nowhere"), 1, "nowhere/train.h5: no such file"),
+    ],
+)
+def test_bad_command_line_values_are_refused_before_anything_starts(
+    bad, code, message, tiny_data, tmp_path
+):
+    out = subprocess.run(
+        _pbt_cli(tmp_path / "run", tiny_data, *bad),  # the later option wins
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert out.returncode == code and message in out.stderr, out.stdout + out.stderr
     assert not (tmp_path / "run" / "pbt.json").exists()  # no store made from a refused command
 
 
-@pytest.mark.parametrize("kwargs, message", [({"workers": 0}, "workers"), ({"threads": 1.5}, "threads"),
-                                             ({"wait": 0}, "wait")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"workers": 0}, "workers"), ({"threads": 1.5}, "threads"), ({"wait": 0}, "wait")],
+)
 def test_bad_worker_requests_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SlurmDask(**kwargs)

@@ -1,6 +1,7 @@
 """The control plane is private: Dask on the engines needs this cluster's TLS credentials, which
 only the user can read, and nothing listens beyond loopback for local engines."""
 
+import json
 import os
 import stat
 import subprocess
@@ -28,30 +29,41 @@ for kwargs in ({}, {"security": Security.temporary()}):  # no credentials, or so
 
 
 def test_a_process_without_the_credentials_cannot_run_code_through_the_dask_scheduler(
-        local_engines, tmp_path):
+    local_engines, tmp_path
+):
     client = local_engines.dask()
     address = client.scheduler.address
     assert address.startswith("tls://127.0.0.1:")
     assert client.submit(lambda: 41 + 1).result() == 42  # the notebook itself can
     marker = tmp_path / "intruder-was-here"
-    out = subprocess.run([sys.executable, "-c", INTRUDER, address, str(marker)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", INTRUDER, address, str(marker)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and out.stdout.count("refused") == 4, out.stdout + out.stderr
     assert not marker.exists()
 
 
 def test_credentials_are_private_and_nothing_listens_beyond_loopback(local_engines):
-    client = local_engines.dask()
+    local_engines.dask()  # started for its key, certificate and listening port
     security, cid = Path(local_engines._ipp.profile_dir, "security"), local_engines._ipp.cluster_id
     files = [*security.glob(f"ipcontroller-{cid}-*.json"), *(security / f"dask-{cid}").glob("*")]
     assert sorted(f.suffix for f in files) == [".json", ".json", ".pem", ".pem"], files
     for f in files:  # IPyParallel's connection files and Dask's key and certificate
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
     pids = [os.getpid(), *local_engines.client[:].apply_sync(os.getpid)]
-    listening = [(p, c.laddr) for p in pids for c in psutil.Process(p).net_connections("inet")
-                 if c.status == psutil.CONN_LISTEN]
+    listening = [
+        (p, c.laddr)
+        for p in pids
+        for c in psutil.Process(p).net_connections("inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
     assert listening  # the scheduler, its dashboard and the workers do listen...
-    assert all(addr.ip in ("127.0.0.1", "::1") for _, addr in listening), listening  # ...on loopback
+    assert all(addr.ip in ("127.0.0.1", "::1") for _, addr in listening), (
+        listening
+    )  # ...on loopback
 
 
 def test_the_ipyparallel_controller_talks_only_curvezmq(local_engines):
@@ -64,3 +76,30 @@ def test_the_ipyparallel_controller_talks_only_curvezmq(local_engines):
         info = json.loads(f.read_text())
         assert info["curve_serverkey"] and stat.S_IMODE(f.stat().st_mode) == 0o600, f
     assert local_engines.client[:].apply_sync(abs, -1) == [1, 1]
+
+
+def test_notebook_runs_kernels_listen_on_private_unix_sockets_not_tcp(tmp_path):
+    import nbformat
+    import papermill as pm
+
+    from lhccnn.security import private_kernel_manager
+
+    probe = (
+        "import json, os, stat\n"
+        "from ipykernel.connect import get_connection_info\n"
+        "info = get_connection_info(unpack=True)\n"
+        "folder = os.path.dirname(info['ip'])\n"
+        "print(json.dumps([info['transport'], oct(stat.S_IMODE(os.stat(folder).st_mode))]))"
+    )
+    nbformat.write(
+        nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(probe)]), tmp_path / "a.ipynb"
+    )
+    pm.execute_notebook(
+        tmp_path / "a.ipynb",
+        tmp_path / "b.ipynb",
+        kernel_name="python3",
+        progress_bar=False,
+        kernel_manager_class=private_kernel_manager(),
+    )
+    out = nbformat.read(tmp_path / "b.ipynb", as_version=4).cells[0].outputs[0]["text"]
+    assert json.loads(out) == ["ipc", "0o700"], out

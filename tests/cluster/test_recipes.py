@@ -23,15 +23,22 @@ def _clean_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     for k in ("VIRTUAL_ENV", "HDF5_USE_FILE_LOCKING", "OMPI_MCA_mpi_yield_when_idle"):
         env.pop(k, None)
-    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep)
-                                  if not p.startswith(str(VENV)))
+    env["PATH"] = os.pathsep.join(
+        p for p in env["PATH"].split(os.pathsep) if not p.startswith(str(VENV))
+    )
     env.update(extra)
     return env
 
 
 def _bash(script: str, **extra) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", script], env=_clean_env(**extra), cwd=REPO,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        ["bash", "-c", script],
+        env=_clean_env(**extra),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
@@ -50,13 +57,21 @@ def test_recipe_is_valid_bash_with_a_header_and_no_site_paths(recipe):
 def test_env_sh_without_modules_activates_the_venv_and_can_be_sourced_twice():
     if not (VENV / "bin" / "activate").exists():
         pytest.skip("no .venv in this checkout")
-    out = _bash("source recipes/nersc/env.sh; source recipes/nersc/env.sh; echo rc=$?;"
-                "command -v python; echo $LHCCNN_LAUNCHER $OMPI_MCA_mpi_yield_when_idle "
-                "$HDF5_USE_FILE_LOCKING ${LHCCNN_DATA_DIR-unset}")
+    out = _bash(
+        "source recipes/nersc/env.sh; source recipes/nersc/env.sh; echo rc=$?;"
+        "command -v python; echo $LHCCNN_LAUNCHER $OMPI_MCA_mpi_yield_when_idle "
+        "$HDF5_USE_FILE_LOCKING ${LHCCNN_DATA_DIR-unset}"
+    )
     assert out.returncode == 0, out.stderr
     assert "modules skipped" in out.stderr
-    assert out.stdout.split() == ["rc=0", str(VENV / "bin" / "python"), "srun", "1", "FALSE",
-                                  "unset"]
+    assert out.stdout.split() == [
+        "rc=0",
+        str(VENV / "bin" / "python"),
+        "srun",
+        "1",
+        "FALSE",
+        "unset",
+    ]
 
 
 def test_env_sh_keeps_settings_and_takes_the_nersc_data_path():
@@ -81,17 +96,33 @@ def test_env_sh_loads_the_tensorflow_module_and_returns_instead_of_exiting():
 def test_install_kernel_points_the_kernel_at_the_helper_which_starts_it(tmp_path, monkeypatch):
     install = [str(NERSC / "install_kernel.sh")]
     for _ in range(2):  # idempotent: the second run replaces the first
-        subprocess.run(install, env=_clean_env(JUPYTER_DATA_DIR=str(tmp_path / "user")),
-                       check=True, capture_output=True, timeout=60)
-    out = subprocess.run(install + ["--prefix", str(tmp_path / "prefix")], env=_clean_env(),
-                         check=True, capture_output=True, text=True, timeout=60).stdout
-    kernels = [tmp_path / "user" / "kernels" / "lhccnn", tmp_path / "prefix" / "share" /
-               "jupyter" / "kernels" / "lhccnn"]
+        subprocess.run(
+            install,
+            env=_clean_env(JUPYTER_DATA_DIR=str(tmp_path / "user")),
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    out = subprocess.run(
+        install + ["--prefix", str(tmp_path / "prefix")],
+        env=_clean_env(),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    kernels = [
+        tmp_path / "user" / "kernels" / "lhccnn",
+        tmp_path / "prefix" / "share" / "jupyter" / "kernels" / "lhccnn",
+    ]
     assert str(kernels[1]) in out
     for k in kernels:
         spec = json.loads((k / "kernel.json").read_text())
-        assert spec["argv"] == [str(NERSC.resolve() / "kernel-helper.sh"), "-f",
-                                "{connection_file}"]
+        assert spec["argv"] == [
+            str(NERSC.resolve() / "kernel-helper.sh"),
+            "-f",
+            "{connection_file}",
+        ]
 
     from jupyter_client.manager import KernelManager
 
@@ -106,8 +137,11 @@ def test_install_kernel_points_the_kernel_at_the_helper_which_starts_it(tmp_path
         kc.wait_for_ready(timeout=30)
         seen = []
         hook = lambda msg: seen.append(msg["content"])  # noqa: E731
-        kc.execute_interactive("import os; print(os.environ['HDF5_USE_FILE_LOCKING']); 1+1",
-                               timeout=30, output_hook=hook)
+        kc.execute_interactive(
+            "import os; print(os.environ['HDF5_USE_FILE_LOCKING']); 1+1",
+            timeout=30,
+            output_hook=hook,
+        )
         kc.stop_channels()
     finally:
         km.shutdown_kernel(now=True)
@@ -129,17 +163,43 @@ print("engines on", *sorted(nodes))
 """
 
 
-def _salloc_cluster(slurm, tmp_path, *command, launcher="mpirun", wait="60"
-                    ) -> subprocess.CompletedProcess:
+def _salloc_cluster(
+    slurm, tmp_path, *command, launcher="mpirun", wait="60"
+) -> subprocess.CompletedProcess:
     name = f"recipes-{uuid.uuid4().hex[:8]}"
-    env = _clean_env(SLURM_CONF=slurm["SLURM_CONF"], LHCCNN_LAUNCHER=launcher,
-                     LHCCNN_WAIT=wait, IPYTHONDIR=str(tmp_path / "ipython"))
-    out = subprocess.run(["salloc", "-J", name, "-N", "2", "-n", "2", "-t", "5",
-                          str(NERSC / "start_cluster.sh"), *command],
-                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=150)
+    env = _clean_env(
+        SLURM_CONF=slurm["SLURM_CONF"],
+        LHCCNN_LAUNCHER=launcher,
+        LHCCNN_WAIT=wait,
+        IPYTHONDIR=str(tmp_path / "ipython"),
+    )
+    out = subprocess.run(
+        [
+            "salloc",
+            "-J",
+            name,
+            "-N",
+            "2",
+            "-n",
+            "2",
+            "-t",
+            "5",
+            str(NERSC / "start_cluster.sh"),
+            *command,
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     deadline = time.monotonic() + 30  # let SLURM finish completing the job before the queue check
-    while time.monotonic() < deadline and subprocess.run(
-            ["squeue", "-h", "-n", name], env=env, capture_output=True, text=True).stdout.strip():
+    while (
+        time.monotonic() < deadline
+        and subprocess.run(
+            ["squeue", "-h", "-n", name], env=env, capture_output=True, text=True
+        ).stdout.strip()
+    ):
         time.sleep(0.2)
     return out
 
@@ -148,8 +208,9 @@ def _assert_nothing_left(out: subprocess.CompletedProcess) -> None:
     """No live ipcontroller/ipengine of the cluster named in the output (zombies, which init has
     not reaped yet, don't count); kills any it finds, so a failure leaves nothing behind either."""
     cid = re.search(r"(lhccnn-\d+)", out.stdout + out.stderr).group(1)
-    found = subprocess.run(["pgrep", "-af", "--", f"cluster-id={cid}( |$)"],
-                           capture_output=True, text=True).stdout.splitlines()
+    found = subprocess.run(
+        ["pgrep", "-af", "--", f"cluster-id={cid}( |$)"], capture_output=True, text=True
+    ).stdout.splitlines()
     live = []
     for line in found:
         pid = int(line.split()[0])
@@ -165,8 +226,9 @@ def _assert_nothing_left(out: subprocess.CompletedProcess) -> None:
 
 # srun is what NERSC uses; it works here too, as ipengine needs no PMIx across virtual nodes
 @pytest.mark.parametrize("launcher", ["mpirun", "srun"])
-def test_start_cluster_runs_a_command_on_engines_of_two_nodes_and_cleans_up(slurm, tmp_path,
-                                                                           launcher):
+def test_start_cluster_runs_a_command_on_engines_of_two_nodes_and_cleans_up(
+    slurm, tmp_path, launcher
+):
     out = _salloc_cluster(slurm, tmp_path, "python", "-c", CHECK, launcher=launcher)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "engines on node" in out.stdout and "ipp.Client(cluster_id=" in out.stdout
@@ -186,6 +248,11 @@ def test_start_cluster_fails_cleanly_when_engines_are_late(slurm, tmp_path):
 
 
 def test_start_cluster_outside_an_allocation_says_so():
-    out = subprocess.run([str(NERSC / "start_cluster.sh"), "true"], env=_clean_env(),
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [str(NERSC / "start_cluster.sh"), "true"],
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode != 0 and "inside an allocation" in out.stderr

@@ -15,9 +15,12 @@ REPO = Path(__file__).resolve().parents[2]
 CONTAINER = REPO / "recipes" / "minislurm" / "container.sh"
 IMAGE = os.environ.get("LHCCNN_IMAGE", "lhccnn")
 # what runs inside by default: enough to prove the image works, within CI's budget (README)
-INSIDE = os.environ.get("LHCCNN_CONTAINER_TESTS", "tests/unit "
-                        "tests/notebooks/test_notebooks.py::test_01_cluster_startup "
-                        "tests/cluster/test_minislurm.py tests/cluster/test_horovod.py").split()
+INSIDE = os.environ.get(
+    "LHCCNN_CONTAINER_TESTS",
+    "tests/unit "
+    "tests/notebooks/test_notebooks.py::test_01_cluster_startup "
+    "tests/cluster/test_minislurm.py tests/cluster/test_horovod.py",
+).split()
 
 if os.environ.get("LHCCNN_CONTAINER") != "1":
     pytest.skip("the built image's tests run under `make container-test`", allow_module_level=True)
@@ -49,7 +52,9 @@ def _foreign() -> dict[int, str]:
 def ct_run(*cmd, timeout=300):
     """`container.sh run CMD`; afterwards no process of the container may be left on the host."""
     before = _foreign()
-    out = subprocess.run([str(CONTAINER), "run", *cmd], capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        [str(CONTAINER), "run", *cmd], capture_output=True, text=True, timeout=timeout
+    )
     left = {pid: comm for pid, comm in _foreign().items() if pid not in before}
     assert not left, f"processes of the container left on the host: {left}\n{out.stderr[-3000:]}"
     return out
@@ -58,11 +63,15 @@ def ct_run(*cmd, timeout=300):
 @pytest.fixture
 def mounted():
     """The image's files, in a container mounted here (removed afterwards)."""
-    c = subprocess.run(["buildah", "from", "--pull=false", "-q", IMAGE], capture_output=True, text=True,
-                       check=True).stdout.strip()
+    c = subprocess.run(
+        ["buildah", "from", "--pull=false", "-q", IMAGE], capture_output=True, text=True, check=True
+    ).stdout.strip()
     try:
-        yield Path(subprocess.run(["buildah", "mount", c], capture_output=True, text=True,
-                                  check=True).stdout.strip())
+        yield Path(
+            subprocess.run(
+                ["buildah", "mount", c], capture_output=True, text=True, check=True
+            ).stdout.strip()
+        )
     finally:
         subprocess.run(["buildah", "umount", c], capture_output=True)
         subprocess.run(["buildah", "rm", c], capture_output=True)
@@ -71,8 +80,18 @@ def mounted():
 def test_image_holds_no_host_venv_or_cluster_state(mounted):
     app = mounted / "lhccnn"
     assert (app / "lhccnn" / "train.py").exists() and (app / "data" / "synthetic").is_dir()
-    for name in (".git", ".minislurm", "results", ".pytest_cache", ".hypothesis", "_build", "book/notebooks"):
-        assert not (app / name).exists(), f"the image holds the build context's {name} (.dockerignore)"
+    for name in (
+        ".git",
+        ".minislurm",
+        "results",
+        ".pytest_cache",
+        ".hypothesis",
+        "_build",
+        "book/notebooks",
+    ):
+        assert not (app / name).exists(), (
+            f"the image holds the build context's {name} (.dockerignore)"
+        )
     # The image makes its own .venv before `COPY . .`: a host's copied over it would name the
     # host's path in its scripts' first line instead of /lhccnn/.venv.
     scripts = [f for f in (app / ".venv" / "bin").iterdir() if f.is_file() and not f.is_symlink()]
@@ -87,16 +106,24 @@ def test_image_holds_no_host_venv_or_cluster_state(mounted):
 def test_entrypoint_exits_with_the_commands_status_and_stops_its_cluster():
     out = ct_run("/bin/bash", "-c", 'sinfo -h -o %D; echo "conf=$SLURM_CONF"; exit 7')
     assert out.returncode == 7, out.stdout + out.stderr
-    assert "conf=/lhccnn/.minislurm/slurm.conf" in out.stdout and out.stdout.split()[0] == "4", out.stdout
+    assert "conf=/lhccnn/.minislurm/slurm.conf" in out.stdout and out.stdout.split()[0] == "4", (
+        out.stdout
+    )
     assert "minislurm: stopped" in out.stderr, out.stderr
     assert ct_run("/bin/true").returncode == 0
 
 
 def test_a_process_left_by_the_container_is_reported_and_ended():
     # the leak check itself: a detached process outlives the command unless container.sh ends it
-    out = subprocess.run([str(CONTAINER), "run", "/bin/bash", "-c", "setsid sleep 600 </dev/null >/dev/null 2>&1 &"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and "left on the host" in out.stderr and "sleep" in out.stderr, out.stderr
+    out = subprocess.run(
+        [str(CONTAINER), "run", "/bin/bash", "-c", "setsid sleep 600 </dev/null >/dev/null 2>&1 &"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1 and "left on the host" in out.stderr and "sleep" in out.stderr, (
+        out.stderr
+    )
     time.sleep(0.5)
     assert "sleep" not in _foreign().values()
 
@@ -105,17 +132,30 @@ def test_host_cluster_and_its_job_survive_the_containers_cluster(slurm_cluster, 
     # the host's mini SLURM (default ports) runs a job while the image's starts and stops its own
     state = Path(os.environ.get("MINISLURM_STATE", REPO / ".minislurm"))
     pids = {f.name: f.read_text().strip() for f in state.glob("*.pid")}
-    job = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "exec sleep 300"],
-                         env=slurm_cluster, capture_output=True, text=True, check=True).stdout.strip()
+    job = subprocess.run(
+        ["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "exec sleep 300"],
+        env=slurm_cluster,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     queue = ["squeue", "-h", "-o", "%i"]
     try:
-        before = subprocess.run(queue, env=slurm_cluster, capture_output=True, text=True).stdout.split()
+        before = subprocess.run(
+            queue, env=slurm_cluster, capture_output=True, text=True
+        ).stdout.split()
         out = ct_run("/bin/bash", "-c", "srun -N2 -n2 hostname")
         assert out.returncode == 0, out.stdout + out.stderr
-        after = subprocess.run(queue, env=slurm_cluster, capture_output=True, text=True).stdout.split()
+        after = subprocess.run(
+            queue, env=slurm_cluster, capture_output=True, text=True
+        ).stdout.split()
         assert after == before, "the host's queue changed during the container's run"
-        job_state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], env=slurm_cluster,
-                               capture_output=True, text=True).stdout.strip()
+        job_state = subprocess.run(
+            ["squeue", "-h", "-j", job, "-o", "%T"],
+            env=slurm_cluster,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         assert job_state == "RUNNING", f"the host's job after the container's run: {job_state!r}"
         for name, pid in pids.items():
             assert Path(f"/proc/{pid}").exists(), f"the host's {name} ({pid}) died"
@@ -127,7 +167,9 @@ def test_inside_the_image_the_mini_slurm_horovod_and_notebooks_pass():
     log = REPO / "results" / "container" / "pytest-inside.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    out = ct_run("/usr/bin/make", "test", f"PYTEST_ARGS={' '.join(INSIDE)} --durations=10", timeout=3600)
+    out = ct_run(
+        "/usr/bin/make", "test", f"PYTEST_ARGS={' '.join(INSIDE)} --durations=10", timeout=3600
+    )
     log.write_text(out.stdout + out.stderr)
     tail = (out.stdout + out.stderr)[-4000:]
     assert out.returncode == 0, f"inside the image (full log: {log}):\n{tail}"

@@ -19,11 +19,18 @@ def test_killed_rank_gives_an_error_within_60s_and_cluster_still_stops(slurm, ti
     cluster = Cluster.start(ClusterSpec(nodes=2, engines=2, mpi=True, wait=60))
     try:
         pids = cluster.view.apply(os.getpid)
-        ar = cluster.view.apply_async(train, smoke().replace(epochs=200, verbose=0), data=tiny_data,
-                                      out_dir=tmp_path / "run", use_horovod=True)
+        ar = cluster.view.apply_async(
+            train,
+            smoke().replace(epochs=200, verbose=0),
+            data=tiny_data,
+            out_dir=tmp_path / "run",
+            use_horovod=True,
+        )
         deadline = time.monotonic() + 120
         while not (tmp_path / "run" / "history.json").exists():  # training is under way
-            assert time.monotonic() < deadline and not ar.ready(), ar.get() if ar.ready() else "slow"
+            assert time.monotonic() < deadline and not ar.ready(), (
+                ar.get() if ar.ready() else "slow"
+            )
             time.sleep(0.5)
         os.kill(pids[1], signal.SIGKILL)
         t0 = time.monotonic()
@@ -79,8 +86,9 @@ def test_start_gives_up_on_a_suspended_job_after_its_deadline_and_says_so(slurm,
     starter.start()
     job = None
     while job is None and time.monotonic() - t0 < 8:
-        out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i %j"], capture_output=True,
-                             text=True).stdout.split()
+        out = subprocess.run(
+            ["squeue", "-h", "-t", "RUNNING", "-o", "%i %j"], capture_output=True, text=True
+        ).stdout.split()
         job = next((j for j, n in zip(out[::2], out[1::2]) if n.startswith("ipengine-")), None)
         time.sleep(0.1)
     assert job, "the engines' job did not start"
@@ -102,7 +110,8 @@ def _cancel_when(cond, job, timeout=180):
 
 
 def test_a_job_cancelled_from_outside_ends_a_running_search_in_seconds_naming_it(
-        slurm, tiny_data, tmp_path):
+    slurm, tiny_data, tmp_path
+):
     from lhccnn.hpo import run_trials
     from lhccnn.store import Store
 
@@ -110,10 +119,17 @@ def test_a_job_cancelled_from_outside_ends_a_running_search_in_seconds_naming_it
     ids = [store.create_trial({"lr": 1e-3}) for _ in range(3)]
     with Cluster.start(ClusterSpec(nodes=2, engines=2, wait=60)) as cluster:
         job = cluster.job_id
-        search = threading.Thread(target=run_trials, daemon=True, args=(
-            cluster.client.load_balanced_view(), store, ids,
-            smoke().replace(n_train=1024, n_val=256, epochs=200)),
-            kwargs={"data": tiny_data, "n_test": 256, "progress": False})
+        search = threading.Thread(
+            target=run_trials,
+            daemon=True,
+            args=(
+                cluster.client.load_balanced_view(),
+                store,
+                ids,
+                smoke().replace(n_train=1024, n_val=256, epochs=200),
+            ),
+            kwargs={"data": tiny_data, "n_test": 256, "progress": False},
+        )
         search.start()
         t0 = _cancel_when(lambda: any(store.metrics(t) for t in ids), job)
         search.join(60)
@@ -132,9 +148,12 @@ def test_a_job_cancelled_from_outside_stops_pbt_in_seconds_naming_it(slurm, tiny
 
     with Cluster.start(ClusterSpec(nodes=2, engines=2, wait=60)) as cluster:
         job, client = cluster.job_id, cluster.dask()
-        pbt = PBT(tmp_path / "run", smoke().replace(n_train=1024, n_val=256),
-                  config=PBTConfig(population=3, generations=2, epochs_per_generation=200),
-                  data=str(tiny_data))
+        pbt = PBT(
+            tmp_path / "run",
+            smoke().replace(n_train=1024, n_val=256),
+            config=PBTConfig(population=3, generations=2, epochs_per_generation=200),
+            data=str(tiny_data),
+        )
         pbt.start(client)
         t0 = _cancel_when(lambda: any(pbt.store.metrics(t) for t in pbt.store.trial_ids()), job)
         with pytest.raises(AllocationEnded, match=f"SLURM job {job} ended CANCELLED: generation 0"):

@@ -39,18 +39,21 @@ SlurmDask(workers=2, threads=1, memory="1GiB", wait=600, sbatch_options="--begin
 
 def _start_driver(code: str, tmp_path) -> tuple[subprocess.Popen, dict]:
     env = dict(os.environ, PYTHONPATH=str(REPO), IPYTHONDIR=str(tmp_path / "ipython"))
-    driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                              env=env, cwd=tmp_path)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+    )
     line = driver.stdout.readline()
     assert line, f"the driver died before its cluster was up (exit {driver.wait()})"
     return driver, json.loads(line)
 
 
 def _our_jobs(job_ids, name) -> list[str]:
-    out = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], capture_output=True, text=True,
-                         check=True).stdout
-    return [line for line in out.splitlines()
-            if line.split()[0] in job_ids or line.split()[1] == name]
+    out = subprocess.run(
+        ["squeue", "-h", "-o", "%i %j %T"], capture_output=True, text=True, check=True
+    ).stdout
+    return [
+        line for line in out.splitlines() if line.split()[0] in job_ids or line.split()[1] == name
+    ]
 
 
 def _alive(pids) -> list[int]:
@@ -72,21 +75,29 @@ def _kill_and_time(driver, job_ids, name, pids, files=()) -> float:
     driver.wait()
     t0 = time.monotonic()
     while time.monotonic() - t0 < BOUND + 30:
-        if not _our_jobs(job_ids, name) and not _alive(pids) and not any(map(os.path.exists, files)):
+        if (
+            not _our_jobs(job_ids, name)
+            and not _alive(pids)
+            and not any(map(os.path.exists, files))
+        ):
             return time.monotonic() - t0
         time.sleep(0.25)
     left = _our_jobs(job_ids, name)
     subprocess.run(["scancel", *job_ids, f"--name={name}"], capture_output=True)  # tidy up
     for pid in _alive(pids):
         os.kill(pid, signal.SIGKILL)
-    raise AssertionError(f"{BOUND + 30:.0f} s after the driver's death: jobs {left}, "
-                         f"processes {_alive(pids)}, files {[f for f in files if os.path.exists(f)]}")
+    raise AssertionError(
+        f"{BOUND + 30:.0f} s after the driver's death: jobs {left}, "
+        f"processes {_alive(pids)}, files {[f for f in files if os.path.exists(f)]}"
+    )
 
 
 def _record(name: str, seconds: float) -> None:
     out = results_dir()
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps({"seconds_to_empty_queue": seconds, "bound": BOUND}))
+    (out / f"{name}.json").write_text(
+        json.dumps({"seconds_to_empty_queue": seconds, "bound": BOUND})
+    )
     print(f"\n{name}: {seconds:.1f} s from SIGKILL to an empty queue (bound {BOUND:.0f} s)")
 
 
@@ -113,6 +124,11 @@ def test_killed_driver_leaves_no_pending_dask_worker_job_within_bound(slurm, tmp
 
 
 def _dask_jobs() -> list[tuple[str, str]]:
-    out = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True,
-                         check=True).stdout
-    return [tuple(line.split()) for line in out.splitlines() if line.split()[1].startswith("lhccnn-dask")]
+    out = subprocess.run(
+        ["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, check=True
+    ).stdout
+    return [
+        tuple(line.split())
+        for line in out.splitlines()
+        if line.split()[1].startswith("lhccnn-dask")
+    ]

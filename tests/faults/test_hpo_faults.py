@@ -11,7 +11,8 @@ import numpy as np
 from lhccnn import slurm as slurm_cli
 from lhccnn.cluster import Cluster, ClusterSpec
 from lhccnn.config import smoke
-from lhccnn.hpo import Choice, LogUniform, random_search, run_trials
+from lhccnn.hpo import random_search, run_trials
+from lhccnn.space import Choice, LogUniform
 from lhccnn.store import Store
 
 SPACE = {"lr": LogUniform(1e-3, 5e-3), "dense_sizes": Choice(((32,), (64,)))}
@@ -35,8 +36,18 @@ def test_engine_killed_mid_search_every_trial_completes_once(slurm, tiny_data, t
 
     with Cluster.start(ClusterSpec(nodes=2, engines=2, wait=60)) as cluster:
         threading.Thread(target=kill_a_running_engine, daemon=True).start()
-        df = random_search(cluster.client.load_balanced_view(), SPACE, 4, store, BASE, seed=1,
-                           data=tiny_data, retries=2, n_test=256, progress=False)
+        df = random_search(
+            cluster.client.load_balanced_view(),
+            SPACE,
+            4,
+            store,
+            BASE,
+            seed=1,
+            data=tiny_data,
+            retries=2,
+            n_test=256,
+            progress=False,
+        )
     assert killed, "no trial was caught running"
     assert len(df) == 4 and set(df["status"]) == {"completed"}, df[["status", "attempt"]]
     assert df.loc[killed["trial"], "attempt"] == 2  # retried on the surviving engine
@@ -49,24 +60,44 @@ def test_a_restarted_kernel_reads_every_finished_trial_back(tiny_data, tmp_path)
     # the study lives on disk: a new Store object (what a restarted kernel makes) sees it all
     store = Store(tmp_path / "study")
     with Cluster.start(ClusterSpec(local=True, engines=2, wait=60)) as cluster:
-        df = random_search(cluster.client.load_balanced_view(), SPACE, 3, store,
-                           BASE.replace(epochs=1), seed=2, data=tiny_data, n_test=256,
-                           progress=False)
+        df = random_search(
+            cluster.client.load_balanced_view(),
+            SPACE,
+            3,
+            store,
+            BASE.replace(epochs=1),
+            seed=2,
+            data=tiny_data,
+            n_test=256,
+            progress=False,
+        )
     again = Store(tmp_path / "study").dataframe()
     assert list(again.index) == list(df.index)
     assert np.allclose(again["val_accuracy"], df["val_accuracy"])
 
 
-def test_a_trial_that_cannot_build_fails_at_once_while_the_others_complete(local_engines, tiny_data,
-                                                                          tmp_path):
+def test_a_trial_that_cannot_build_fails_at_once_while_the_others_complete(
+    local_engines, tiny_data, tmp_path
+):
     # it used to be retried on every engine, then wait for ever for an engine it had not failed on
     store = Store(tmp_path / "study")
     bad = store.create_trial({"conv_sizes": [4] * 7})  # edited by hand, past the space's checks
     good = [store.create_trial({"lr": 3e-3}) for _ in range(2)]
     done = {}
-    search = threading.Thread(target=lambda: done.update(df=run_trials(
-        local_engines.client.load_balanced_view(), store, [bad, *good], BASE.replace(epochs=1),
-        data=tiny_data, n_test=256, progress=False)), daemon=True)
+    search = threading.Thread(
+        target=lambda: done.update(
+            df=run_trials(
+                local_engines.client.load_balanced_view(),
+                store,
+                [bad, *good],
+                BASE.replace(epochs=1),
+                data=tiny_data,
+                n_test=256,
+                progress=False,
+            )
+        ),
+        daemon=True,
+    )
     search.start()
     search.join(180)
     assert not search.is_alive(), "the search hangs"
@@ -80,7 +111,8 @@ DRIVER = """
 import sys
 from lhccnn.cluster import Cluster, ClusterSpec
 from lhccnn.config import smoke
-from lhccnn.hpo import Choice, random_search
+from lhccnn.hpo import random_search
+from lhccnn.space import Choice
 from lhccnn.store import Store
 
 root, data = sys.argv[1:3]
@@ -92,7 +124,8 @@ with Cluster.start(ClusterSpec(local=True, engines=2, wait=60)) as cluster:
 
 
 def test_a_search_whose_kernel_was_killed_is_finished_by_a_new_kernel_training_each_epoch_once(
-        local_engines, tiny_data, tmp_path):
+    local_engines, tiny_data, tmp_path
+):
     import subprocess
     import sys
 
@@ -105,8 +138,10 @@ def test_a_search_whose_kernel_was_killed_is_finished_by_a_new_kernel_training_e
     store = Store(root)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and driver.poll() is None:  # kill it mid-trial
-        if any(store.status(t)["status"] == "running" and store.metric_rows(t)
-               for t in store.trial_ids()):
+        if any(
+            store.status(t)["status"] == "running" and store.metric_rows(t)
+            for t in store.trial_ids()
+        ):
             break
         time.sleep(0.05)
     assert driver.poll() is None, "the search ended before it could be killed"
@@ -118,11 +153,18 @@ def test_a_search_whose_kernel_was_killed_is_finished_by_a_new_kernel_training_e
     before = {t: store.status(t)["status"] for t in store.trial_ids()}
     assert "running" in before.values()
 
-    df = resume(local_engines.client.load_balanced_view(), store, BASE, data=tiny_data,
-                n_test=256, progress=False)
+    df = resume(
+        local_engines.client.load_balanced_view(),
+        store,
+        BASE,
+        data=tiny_data,
+        n_test=256,
+        progress=False,
+    )
     assert list(df.index) == sorted(before) and set(df["status"]) == {"completed"}
     for t in store.trial_ids():
         assert [r["epoch"] for r in store.metric_rows(t)] == [1, 2, 3], t  # raw rows: once each
         events = [a["event"] for a in store.attempts(t)]
-        assert events == (["begin", "lost", "begin", "end"] if before[t] == "running"
-                          else ["begin", "end"]), (t, events)
+        assert events == (
+            ["begin", "lost", "begin", "end"] if before[t] == "running" else ["begin", "end"]
+        ), (t, events)

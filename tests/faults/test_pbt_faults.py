@@ -16,8 +16,12 @@ BASE = smoke().replace(n_train=1024, n_val=256)
 
 
 def test_worker_killed_mid_generation_member_is_retried(slurm, tiny_data, tmp_path):
-    pbt = PBT(tmp_path / "run", BASE, config=PBTConfig(population=4, generations=2, seed=5),
-              data=tiny_data)
+    pbt = PBT(
+        tmp_path / "run",
+        BASE,
+        config=PBTConfig(population=4, generations=2, seed=5),
+        data=tiny_data,
+    )
     killed = {}
 
     def kill_a_worker_in_generation_1():
@@ -47,8 +51,12 @@ def test_worker_killed_mid_generation_member_is_retried(slurm, tiny_data, tmp_pa
 
 
 def test_corrupt_checkpoint_falls_back_to_the_parents_previous_one(local_dask, tiny_data, tmp_path):
-    pbt = PBT(tmp_path / "run", BASE, config=PBTConfig(population=3, generations=3, seed=6),
-              data=tiny_data)
+    pbt = PBT(
+        tmp_path / "run",
+        BASE,
+        config=PBTConfig(population=3, generations=3, seed=6),
+        data=tiny_data,
+    )
     corrupted = {}
 
     def truncate_the_best(p, g):

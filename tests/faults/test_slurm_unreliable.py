@@ -54,17 +54,24 @@ def flaky(tmp_path, monkeypatch):
 
 
 def _sleeper(tmp_path) -> str:
-    return subprocess.run(["sbatch", "--parsable", "-o", str(tmp_path / "job.out"), "--wrap",
-                           "sleep 300"], capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["sbatch", "--parsable", "-o", str(tmp_path / "job.out"), "--wrap", "sleep 300"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def _listed(flaky, job: str) -> bool:
-    out = subprocess.run([flaky.real["squeue"], "-h", "-o", "%i"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [flaky.real["squeue"], "-h", "-o", "%i"], capture_output=True, text=True, check=True
+    ).stdout
     return job in out.split()
 
 
-def test_cancel_retries_failing_scancel_and_hanging_squeue_until_slurm_confirms(slurm, flaky, tmp_path):
+def test_cancel_retries_failing_scancel_and_hanging_squeue_until_slurm_confirms(
+    slurm, flaky, tmp_path
+):
     job = _sleeper(tmp_path)
     flaky.fail("scancel", 2)
     flaky.fail("squeue", 2, hang=True)
@@ -73,17 +80,22 @@ def test_cancel_retries_failing_scancel_and_hanging_squeue_until_slurm_confirms(
     assert not _listed(flaky, job)
 
 
-def test_cancel_that_slurm_never_confirms_says_so_and_a_later_one_empties_the_queue(slurm, flaky,
-                                                                                   tmp_path):
+def test_cancel_that_slurm_never_confirms_says_so_and_a_later_one_empties_the_queue(
+    slurm, flaky, tmp_path
+):
     job = _sleeper(tmp_path)
     flaky.fail("scancel", 1000)
     flaky.fail("squeue", 1000)
-    with pytest.raises(slurm_cli.SlurmError, match=rf"could not confirm that jobs {job} left the queue"):
+    with pytest.raises(
+        slurm_cli.SlurmError, match=rf"could not confirm that jobs {job} left the queue"
+    ):
         slurm_cli.cancel([job], timeout=3, call_timeout=1)
     assert _listed(flaky, job)  # and it really is still there: the message was true
 
     flaky.fail("squeue", 0)  # squeue answers, scancel still fails: say what is left
-    with pytest.raises(slurm_cli.SlurmError, match=rf"still in the queue 3 s after scancel: {job} RUNNING"):
+    with pytest.raises(
+        slurm_cli.SlurmError, match=rf"still in the queue 3 s after scancel: {job} RUNNING"
+    ):
         slurm_cli.cancel([job], timeout=3, call_timeout=1)
 
     flaky.fail("scancel", 0)
@@ -103,7 +115,9 @@ def test_failed_stop_is_truthful_and_a_second_stop_cancels_the_job(slurm, flaky)
     try:
         for name in ("scancel", "squeue", "scontrol"):  # scontrol's error once read as "gone"
             flaky.fail(name, 1000)
-        with pytest.raises(ClusterError, match=rf"engines' job {job} may still hold its allocation"):
+        with pytest.raises(
+            ClusterError, match=rf"engines' job {job} may still hold its allocation"
+        ):
             cluster.stop(timeout=3)
         assert not cluster.stopped and _listed(flaky, job)
         for name in ("scancel", "squeue", "scontrol"):

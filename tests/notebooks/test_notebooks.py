@@ -8,29 +8,40 @@ import papermill as pm
 import pytest
 
 from lhccnn import slurm as slurm_cli
+from lhccnn.config import SMOKE, notebook_parameters
+from lhccnn.security import private_kernel_manager
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
 def run(name, tmp_path, **params):
     out = tmp_path / "results"
-    pm.execute_notebook(NOTEBOOKS / name, tmp_path / name, cwd=str(NOTEBOOKS), kernel_name="python3",
-                        parameters={"smoke": True, "results_dir": str(out), **params},
-                        progress_bar=False)
+    pm.execute_notebook(
+        NOTEBOOKS / name,
+        tmp_path / name,
+        cwd=str(NOTEBOOKS),
+        kernel_name="python3",
+        parameters=notebook_parameters(Path(name).stem, smoke=True, results_dir=str(out), **params),
+        progress_bar=False,
+        kernel_manager_class=private_kernel_manager(),
+    )
     return out
 
 
-def record_of(name, local, smoke_runs, tmp_path):
+def record_of(name, local, smoke_runs, tmp_path, **params):
     """The notebook's record: from the session's SLURM smoke run, or a run with local engines."""
     if not local:
         return smoke_runs.record(name), smoke_runs.results
-    out = run(f"{name}.ipynb", tmp_path, local=True)
+    out = run(f"{name}.ipynb", tmp_path, local=True, **params)
     return json.loads((out / f"{name}.json").read_text()), out
 
 
 @pytest.mark.parametrize("local", [False, True], ids=["slurm", "local"])
 def test_01_cluster_startup(local, slurm, smoke_runs, tmp_path):
-    rec, _ = record_of("01_cluster_startup", local, smoke_runs, tmp_path)
+    # locally, a parameter given beside the smoke preset must be the one used
+    given = {"tasks": 30} if local else {}
+    rec, _ = record_of("01_cluster_startup", local, smoke_runs, tmp_path, **given)
+    assert rec["tasks"] == (30 if local else SMOKE["01_cluster_startup"]["tasks"])
     assert rec["engines"] == 2 and rec["jobs_left"] == []
     assert 0 < rec["startup_seconds"] < 120 and 0 < rec["stop_seconds"] < 30
     assert sum(rec["engines_per_task_count"].values()) == rec["tasks"]
@@ -46,7 +57,11 @@ def test_02_horovod_scaling(local, slurm, smoke_runs, tiny_data, tmp_path, monke
     assert main["size"] == 2 and len(main["history"]["loss"]) == 2
     assert main["test"]["auc"] > 0.55  # 2 smoke epochs: learning, not converged
     assert sorted((r["mode"], r["workers"]) for r in rec["rows"]) == [
-        ("batch", 1), ("batch", 2), ("notebook", 1), ("notebook", 2)]
+        ("batch", 1),
+        ("batch", 2),
+        ("notebook", 1),
+        ("notebook", 2),
+    ]
     for ratio in rec["ratios"]["notebook_over_batch"].values():
         assert 0.3 < ratio < 3  # sanity only; the measured figures are in the non-smoke run
     assert (out / "02_horovod_main" / "model.h5").exists()
@@ -79,4 +94,6 @@ def test_05_pbt_genetic(slurm, smoke_runs):
     assert len(rec["best_lineage"]) == 3
     (row,) = rec["comparison"]
     assert row["pbt_epochs"] == row["random_epochs"] == 4 * 3  # equal compute
+    # seed 0's PBT run is the notebook's own, read back from disk: its time is its training's
+    assert row["pbt_s"] > 0.5 and row["random_s"] > 0.5, row
     assert slurm_cli.queue() == []

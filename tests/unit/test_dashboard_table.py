@@ -7,9 +7,10 @@ from lhccnn.store import Store
 
 def test_a_poll_updates_the_changed_cells_with_one_page_update(tmp_path):
     store = Store(tmp_path)
-    ids = [store.create_trial({"lr": 10.0 ** -k, "dropout": 0.1 * k}) for k in range(1, 31)]
-    attempts = {t: store.begin_attempt(t, engine=str(i % 4), engine_id=i % 4)
-                for i, t in enumerate(ids[:6])}
+    ids = [store.create_trial({"lr": 10.0**-k, "dropout": 0.1 * k}) for k in range(1, 31)]
+    attempts = {
+        t: store.begin_attempt(t, engine=str(i % 4), engine_id=i % 4) for i, t in enumerate(ids[:6])
+    }
     dash = Dashboard(Store(tmp_path))
     assert list(dash.shown().index) == ids
     updates = []

@@ -17,7 +17,8 @@ def write_events(path, n=96, hist=None, y=None, weight=None, group="all_events",
     ids = np.arange(n)
     fields = {
         "hist": np.broadcast_to(ids[:, None, None], (n, 64, 64)).astype(np.float32)
-        if hist is None else hist,
+        if hist is None
+        else hist,
         "y": (ids % 2).astype(np.int8) if y is None else y,
         "weight": (1.0 + ids / 1000).astype(np.float32) if weight is None else weight,
     }
@@ -158,15 +159,18 @@ def test_load_arrays_checks_values_of_what_it_loads(tmp_path):
         data.load_arrays(path, start=10)
 
 
-@pytest.mark.parametrize("kwargs,words", [
-    (dict(batch_size=0), "batch_size"),
-    (dict(batch_size=8, n=0), "n must be"),
-    (dict(batch_size=8, rank=2, size=2), "rank"),
-    (dict(batch_size=8, rank=-1), "rank"),
-    (dict(batch_size=8, size=0), "size"),
-    (dict(batch_size=8, n=3, size=4), "non-empty shards"),
-    (dict(batch_size=200, drop_remainder=True), "no full batch"),
-])
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        (dict(batch_size=0), "batch_size"),
+        (dict(batch_size=8, n=0), "n must be"),
+        (dict(batch_size=8, rank=2, size=2), "rank"),
+        (dict(batch_size=8, rank=-1), "rank"),
+        (dict(batch_size=8, size=0), "size"),
+        (dict(batch_size=8, n=3, size=4), "non-empty shards"),
+        (dict(batch_size=200, drop_remainder=True), "no full batch"),
+    ],
+)
 def test_bad_arguments_are_data_errors(events, kwargs, words):
     with pytest.raises(DataError, match=words):
         data.make_dataset(events, **kwargs)
@@ -240,8 +244,16 @@ def test_streaming_and_in_memory_yield_the_same_shard(events, size):
         shard = data.shard_range(96, rank, size, n=90)
         got = {}
         for streaming in (True, False):
-            ds, s = data.make_dataset(events, 8, n=90, rank=rank, size=size,
-                                      streaming=streaming, block_size=8, shuffle_buffer=16)
+            ds, s = data.make_dataset(
+                events,
+                8,
+                n=90,
+                rank=rank,
+                size=size,
+                streaming=streaming,
+                block_size=8,
+                shuffle_buffer=16,
+            )
             assert s == shard
             got[streaming] = Counter(epoch_ids(ds))
         assert got[True] == got[False] == Counter(range(shard.start, shard.stop))
@@ -274,7 +286,7 @@ def test_repeat_runs_whole_epochs(events):
     steps = data.steps_per_epoch(shard, 10)
     ids = [int(i) for batch in ds.take(3 * steps) for i in sample_ids(batch[0])]
     for e in range(3):
-        assert sorted(ids[e * 40:(e + 1) * 40]) == list(range(40))
+        assert sorted(ids[e * 40 : (e + 1) * 40]) == list(range(40))
 
 
 @pytest.mark.parametrize("streaming", [True, False])

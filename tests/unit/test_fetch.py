@@ -52,8 +52,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def server():
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     srv.files, srv.requests, srv.cut_once = {}, [], set()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}/"
     yield srv
@@ -83,8 +82,9 @@ def _sha(data):
 def test_download_verifies_a_matching_hash(server, dataset_dir, tmp_path):
     server.files = _bytes(dataset_dir)
     data = server.files["val.h5"]
-    out = fetch.download(server.url + "val.h5", tmp_path / "val.h5", sha256=_sha(data),
-                         retries=0, progress=False)
+    out = fetch.download(
+        server.url + "val.h5", tmp_path / "val.h5", sha256=_sha(data), retries=0, progress=False
+    )
     assert out.read_bytes() == data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["val.h5"]
 
@@ -92,8 +92,9 @@ def test_download_verifies_a_matching_hash(server, dataset_dir, tmp_path):
 def test_download_with_wrong_hash_fails_and_leaves_no_file(server, dataset_dir, tmp_path):
     server.files = _bytes(dataset_dir)
     with pytest.raises(fetch.FetchError, match="sha256 .* does not match"):
-        fetch.download(server.url + "val.h5", tmp_path / "val.h5", sha256="0" * 64,
-                       retries=0, progress=False)
+        fetch.download(
+            server.url + "val.h5", tmp_path / "val.h5", sha256="0" * 64, retries=0, progress=False
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -101,8 +102,15 @@ def test_download_resumes_with_range_after_a_cut_connection(server, dataset_dir,
     server.files = _bytes(dataset_dir)
     server.cut_once = {"train.h5"}
     data = server.files["train.h5"]
-    fetch.download(server.url + "train.h5", tmp_path / "train.h5", sha256=_sha(data),
-                   retries=2, backoff=0.01, timeout=5, progress=False)
+    fetch.download(
+        server.url + "train.h5",
+        tmp_path / "train.h5",
+        sha256=_sha(data),
+        retries=2,
+        backoff=0.01,
+        timeout=5,
+        progress=False,
+    )
     assert (tmp_path / "train.h5").read_bytes() == data
     assert [r[1] for r in server.requests] == [None, f"bytes={len(data) // 2}-"]
 
@@ -117,8 +125,19 @@ def test_download_404_names_the_url(server, tmp_path):
 
 def test_cli_download_from_base_url_warns_with_the_hash(server, dataset_dir, tmp_path, capsys):
     server.files = _bytes(dataset_dir)
-    rc = fetch.main(["--source", "download", "--base-url", server.url, "--out", str(tmp_path),
-                     "--quiet", "--backoff", "0.01"])
+    rc = fetch.main(
+        [
+            "--source",
+            "download",
+            "--base-url",
+            server.url,
+            "--out",
+            str(tmp_path),
+            "--quiet",
+            "--backoff",
+            "0.01",
+        ]
+    )
     assert rc == 0
     for name, data in server.files.items():
         assert (tmp_path / name).read_bytes() == data
@@ -126,13 +145,15 @@ def test_cli_download_from_base_url_warns_with_the_hash(server, dataset_dir, tmp
     assert f"sha256={_sha(server.files['test.h5'])}" in err  # printed for recording
 
 
-def test_cli_download_with_registered_hash_mismatch_fails(server, dataset_dir, tmp_path,
-                                                         monkeypatch, capsys):
+def test_cli_download_with_registered_hash_mismatch_fails(
+    server, dataset_dir, tmp_path, monkeypatch, capsys
+):
     server.files = _bytes(dataset_dir)
     bad = {k: dict(v, sha256="f" * 64) for k, v in fetch.REGISTRY.items()}
     monkeypatch.setattr(fetch, "REGISTRY", bad)
-    rc = fetch.main(["--source", "download", "--base-url", server.url, "--out", str(tmp_path),
-                     "--quiet"])
+    rc = fetch.main(
+        ["--source", "download", "--base-url", server.url, "--out", str(tmp_path), "--quiet"]
+    )
     assert rc == 1
     err = capsys.readouterr().err
     assert "error:" in err and "train.h5" in err and "Traceback" not in err
@@ -140,12 +161,15 @@ def test_cli_download_with_registered_hash_mismatch_fails(server, dataset_dir, t
 
 
 def test_cli_download_404_is_one_clear_line(server, tmp_path, capsys):
-    rc = fetch.main(["--source", "download", "--base-url", server.url, "--out", str(tmp_path),
-                     "--quiet"])
+    rc = fetch.main(
+        ["--source", "download", "--base-url", server.url, "--out", str(tmp_path), "--quiet"]
+    )
     assert rc == 1
     err = capsys.readouterr().err.strip()
-    assert err == (f"error: {server.url}train.h5: HTTP 404 Not Found (expected the file "
-                   f"train.h5; check the URL or --base-url)")
+    assert err == (
+        f"error: {server.url}train.h5: HTTP 404 Not Found (expected the file "
+        f"train.h5; check the URL or --base-url)"
+    )
 
 
 # --- directory mode --------------------------------------------------------------------------
@@ -213,8 +237,13 @@ def test_synthetic_only_options_are_rejected_for_other_sources(tmp_path, capsys)
 
 
 def test_script_help_runs_from_anywhere(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "data" / "fetch.py"), "--help"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "data" / "fetch.py"), "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0
     assert "--source" in r.stdout and "--base-url" in r.stdout
 

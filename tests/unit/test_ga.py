@@ -7,11 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lhccnn import ga
-from lhccnn.hpo import Choice, IntRange, LogUniform, Uniform, default_space, validate_space
+from lhccnn.space import Choice, IntRange, LogUniform, Uniform, default_space, validate_space
 
 SPACE = {**default_space(), "batch_size": Choice((64, 128, 256))}
-INT_SPACE = {"batch_size": IntRange(16, 512), "lr": LogUniform(1e-4, 1e-1),
-             "dropout": Uniform(0.0, 0.7)}
+INT_SPACE = {
+    "batch_size": IntRange(16, 512),
+    "lr": LogUniform(1e-4, 1e-1),
+    "dropout": Uniform(0.0, 0.7),
+}
 seeds = st.integers(0, 2**32 - 1)
 rates = st.floats(0.0, 1.0)
 
@@ -99,22 +102,48 @@ def test_truncation_draws_parents_only_from_the_fittest(seed, n_parents):
     pop = [ga.sample(SPACE, np.random.default_rng(i)) for i in range(6)]
     losses = [0.3, 0.5, 0.25, 0.9, 0.4, 0.6]
     fittest = set(np.argsort(losses)[:n_parents].tolist())
-    nxt = ga.breed(pop, losses, SPACE, np.random.default_rng(seed), 0.2, 0.5, n_elite=n_parents,
-                   n_parents=n_parents)
+    nxt = ga.breed(
+        pop,
+        losses,
+        SPACE,
+        np.random.default_rng(seed),
+        0.2,
+        0.5,
+        n_elite=n_parents,
+        n_parents=n_parents,
+    )
     assert [m["inherit"] for m in nxt[:n_parents]] == sorted(fittest, key=losses.__getitem__)
     for m in nxt:
         assert set(m["parents"]) <= fittest and m["inherit"] in fittest
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: ga.mutate({}, SPACE, -0.1, np.random.default_rng(0)), "mutation rate"),
-    (lambda: ga.crossover({"a": 1}, {"a": 2}, 1.5, np.random.default_rng(0)), "crossover rate"),
-    (lambda: ga.crossover({"a": 1}, {"b": 2}, 0.5, np.random.default_rng(0)), "differ in their keys"),
-    (lambda: ga.breed([{"lr": 1e-3}], [0.5], {"lr": LogUniform(1e-4, 1e-2)},
-                      np.random.default_rng(0)), "at least 2 members"),
-    (lambda: ga.breed([{"lr": 1e-3}] * 3, [0.5] * 3, {"lr": LogUniform(1e-4, 1e-2)},
-                      np.random.default_rng(0), n_parents=0), "n_parents"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: ga.mutate({}, SPACE, -0.1, np.random.default_rng(0)), "mutation rate"),
+        (lambda: ga.crossover({"a": 1}, {"a": 2}, 1.5, np.random.default_rng(0)), "crossover rate"),
+        (
+            lambda: ga.crossover({"a": 1}, {"b": 2}, 0.5, np.random.default_rng(0)),
+            "differ in their keys",
+        ),
+        (
+            lambda: ga.breed(
+                [{"lr": 1e-3}], [0.5], {"lr": LogUniform(1e-4, 1e-2)}, np.random.default_rng(0)
+            ),
+            "at least 2 members",
+        ),
+        (
+            lambda: ga.breed(
+                [{"lr": 1e-3}] * 3,
+                [0.5] * 3,
+                {"lr": LogUniform(1e-4, 1e-2)},
+                np.random.default_rng(0),
+                n_parents=0,
+            ),
+            "n_parents",
+        ),
+    ],
+)
 def test_bad_values_are_refused(call, message):
     with pytest.raises(ValueError, match=message):
         call()

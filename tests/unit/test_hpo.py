@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 
 from lhccnn.config import smoke
-from lhccnn.hpo import (Choice, IntRange, LogUniform, Uniform, default_space, makespan_analysis,
-                        predicted_cost, run_trials, sample, trial_config, validate_space)
+from lhccnn.hpo import makespan_analysis, predicted_cost, run_trials, trial_config
+from lhccnn.space import (
+    Choice,
+    IntRange,
+    LogUniform,
+    Uniform,
+    default_space,
+    sample,
+    validate_space,
+)
 from lhccnn.store import Store
 
 
@@ -33,17 +41,29 @@ def test_log_uniform_covers_decades_evenly():
     assert abs(np.mean(x < -3) - 0.5) < 0.03
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: IntRange(5, 2), "empty IntRange"),
-    (lambda: Uniform(0.5, 0.5), "empty Uniform"),
-    (lambda: LogUniform(-1e-3, 1e-2), "0 < low < high"),
-    (lambda: Choice(()), "at least one value"),
-    (lambda: validate_space({"lr": Uniform(-0.1, 0.1)}), "lr: value -0.1 is invalid, expected > 0"),
-    (lambda: validate_space({"dropout": Uniform(0.2, 1.0)}), r"dropout: value 1.0 is invalid, expected in \[0, 1\)"),
-    (lambda: validate_space({"optimizer": Choice(("Adam", "Lion"))}), "'Lion' is invalid, expected one of Adam"),
-    (lambda: validate_space({"momentum": Uniform(0, 1)}), "unknown hyper-parameter 'momentum'"),
-    (lambda: validate_space({}), "empty"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: IntRange(5, 2), "empty IntRange"),
+        (lambda: Uniform(0.5, 0.5), "empty Uniform"),
+        (lambda: LogUniform(-1e-3, 1e-2), "0 < low < high"),
+        (lambda: Choice(()), "at least one value"),
+        (
+            lambda: validate_space({"lr": Uniform(-0.1, 0.1)}),
+            "lr: value -0.1 is invalid, expected > 0",
+        ),
+        (
+            lambda: validate_space({"dropout": Uniform(0.2, 1.0)}),
+            r"dropout: value 1.0 is invalid, expected in \[0, 1\)",
+        ),
+        (
+            lambda: validate_space({"optimizer": Choice(("Adam", "Lion"))}),
+            "'Lion' is invalid, expected one of Adam",
+        ),
+        (lambda: validate_space({"momentum": Uniform(0, 1)}), "unknown hyper-parameter 'momentum'"),
+        (lambda: validate_space({}), "empty"),
+    ],
+)
 def test_bad_spaces_are_refused_with_the_dimension_named(make, message):
     with pytest.raises(ValueError, match=message):
         make()
@@ -76,8 +96,10 @@ def test_longest_first_and_a_bound_no_schedule_beats():
     for _ in range(100):
         n, engines = int(rng.integers(3, 8)), int(rng.integers(2, 4))
         t = list(rng.uniform(1, 10, n))
-        best = min(max(sum(d for d, e in zip(t, plan) if e == k) for k in range(engines))
-                   for plan in itertools.product(range(engines), repeat=n))
+        best = min(
+            max(sum(d for d, e in zip(t, plan) if e == k) for k in range(engines))
+            for plan in itertools.product(range(engines), repeat=n)
+        )
         assert makespan_analysis(t, engines)["pigeonhole_bound"] <= best + 1e-9
 
 

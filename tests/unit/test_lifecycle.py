@@ -22,7 +22,9 @@ def _claim(root, trial_id, barrier, results):
     results.put(None if attempt is None else attempt.number)
 
 
-def test_processes_racing_for_one_trial_get_exactly_one_attempt_and_a_dead_one_is_taken_over(tmp_path):
+def test_processes_racing_for_one_trial_get_exactly_one_attempt_and_a_dead_one_is_taken_over(
+    tmp_path,
+):
     store = Store(tmp_path)
     t = store.create_trial({})
     n = 6
@@ -96,8 +98,10 @@ def _steer(root, key, values):
 def test_concurrent_steering_writers_lose_no_change_and_the_log_stays_readable(tmp_path):
     Steering(tmp_path).set(mutation_rate=0.0, crossover_rate=0.0)
     values = [float(v) for v in np.linspace(0.01, 0.99, 150)]
-    procs = [CTX.Process(target=_steer, args=(tmp_path, key, values))
-             for key in ("mutation_rate", "crossover_rate")]
+    procs = [
+        CTX.Process(target=_steer, args=(tmp_path, key, values))
+        for key in ("mutation_rate", "crossover_rate")
+    ]
     [p.start() for p in procs]
     [p.join(60) for p in procs]
     assert Steering(tmp_path).values() == {"mutation_rate": 0.99, "crossover_rate": 0.99}

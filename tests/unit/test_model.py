@@ -13,8 +13,20 @@ def test_default_model_has_paper_parameter_count():
 def test_architecture_is_conv_pool_blocks_then_dense():
     m = build_model(ModelConfig(conv_sizes=(4, 8), dense_sizes=(16, 8)), compile=False)
     kinds = [type(layer).__name__ for layer in m.layers]
-    assert kinds == ["InputLayer", "Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Dropout",
-                     "Flatten", "Dense", "Dropout", "Dense", "Dropout", "Dense"]
+    assert kinds == [
+        "InputLayer",
+        "Conv2D",
+        "MaxPooling2D",
+        "Conv2D",
+        "MaxPooling2D",
+        "Dropout",
+        "Flatten",
+        "Dense",
+        "Dropout",
+        "Dense",
+        "Dropout",
+        "Dense",
+    ]
     assert m.output_shape == (None, 1)
     assert m.layers[-1].activation.__name__ == "sigmoid"
     assert [layer.filters for layer in m.layers if hasattr(layer, "filters")] == [4, 8]
@@ -39,8 +51,16 @@ def test_unknown_optimizer_lists_valid_names():
         make_optimizer("Lion", 1e-3)
 
 
-@pytest.mark.parametrize("bad", [dict(dropout=1.0), dict(dropout=-0.1), dict(lr=0.0),
-                                 dict(conv_sizes=()), dict(dense_sizes=(0,))])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(dropout=1.0),
+        dict(dropout=-0.1),
+        dict(lr=0.0),
+        dict(conv_sizes=()),
+        dict(dense_sizes=(0,)),
+    ],
+)
 def test_bad_model_values_are_refused(bad):
     with pytest.raises(ValueError):
         ModelConfig(**bad)

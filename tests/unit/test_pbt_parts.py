@@ -1,23 +1,26 @@
-"""PBT's pure parts: steering checks and log, config validation, checkpoint verification and fallback."""
+"""PBT's pure parts: steering checks and log, config validation, checkpoint checks and fallback."""
 
 import json
 
 import pytest
 
-from lhccnn.hpo import default_space, space_from_dict, space_to_dict
 from lhccnn.pbt import PBTConfig, Steering, check_steering, load_inherited, member_seed
+from lhccnn.space import default_space, space_from_dict, space_to_dict
 from lhccnn.store import CheckpointError, Store
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"mutation_rate": -0.1}, r"mutation_rate must be a number in \[0, 1\], got -0.1"),
-    ({"crossover_rate": 1.5}, r"crossover_rate must be a number in \[0, 1\], got 1.5"),
-    ({"crossover_rate": "0.3"}, r"crossover_rate must be a number in \[0, 1\], got '0.3'"),
-    ({"population": 1}, "population must be an integer >= 2, got 1"),
-    ({"population": 2.5}, "population must be an integer >= 2, got 2.5"),
-    ({"paused": "yes"}, "paused must be True or False, got 'yes'"),
-    ({"speed": 2}, "unknown steering knob 'speed'"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"mutation_rate": -0.1}, r"mutation_rate must be a number in \[0, 1\], got -0.1"),
+        ({"crossover_rate": 1.5}, r"crossover_rate must be a number in \[0, 1\], got 1.5"),
+        ({"crossover_rate": "0.3"}, r"crossover_rate must be a number in \[0, 1\], got '0.3'"),
+        ({"population": 1}, "population must be an integer >= 2, got 1"),
+        ({"population": 2.5}, "population must be an integer >= 2, got 2.5"),
+        ({"paused": "yes"}, "paused must be True or False, got 'yes'"),
+        ({"speed": 2}, "unknown steering knob 'speed'"),
+    ],
+)
 def test_invalid_steering_values_are_refused_with_the_knob_named(bad, message):
     with pytest.raises(ValueError, match=message):
         check_steering(**bad)
@@ -37,9 +40,17 @@ def test_steering_is_kept_on_disk_and_every_request_logged(tmp_path):
     assert again.values()["population"] == 4  # a refused value changes nothing
 
 
-@pytest.mark.parametrize("field, value", [("generations", 0), ("epochs_per_generation", 0),
-                                          ("population", 1), ("survivors", 1.0), ("survivors", 0),
-                                          ("mutation_rate", 2)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("generations", 0),
+        ("epochs_per_generation", 0),
+        ("population", 1),
+        ("survivors", 1.0),
+        ("survivors", 0),
+        ("mutation_rate", 2),
+    ],
+)
 def test_pbt_config_refuses_bad_values(field, value):
     with pytest.raises(ValueError, match=field.split("_")[0]):
         PBTConfig(**{field: value})
@@ -114,8 +125,13 @@ def test_a_store_holding_another_run_is_refused_and_reopens_as_it_was(tmp_path):
         PBT(tmp_path, smoke(), config=PBTConfig(population=4, seed=1))
     again = PBT(tmp_path)  # no arguments: read back
     assert again.config == first.config and again.base == first.base and again.space == first.space
-    assert again.steering.values() == {"mutation_rate": 0.2, "crossover_rate": 0.33,
-                                       "population": 3, "paused": False, "stopped": False}
+    assert again.steering.values() == {
+        "mutation_rate": 0.2,
+        "crossover_rate": 0.33,
+        "population": 3,
+        "paused": False,
+        "stopped": False,
+    }
 
 
 def test_optimizer_state_is_carried_over_only_to_the_same_kind_and_only_if_intact(tmp_path):
@@ -135,8 +151,10 @@ def test_optimizer_state_is_carried_over_only_to_the_same_kind_and_only_if_intac
     assert load_inherited(child, store, parent, "Adam")[2]
     assert int(child.optimizer.iterations) == 4
     assert float(child.optimizer.lr) == pytest.approx(5e-3)  # the child's own learning rate
-    assert all(np.array_equal(a, b) for a, b in
-               zip(child.optimizer.get_weights(), trained.optimizer.get_weights()))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(child.optimizer.get_weights(), trained.optimizer.get_weights())
+    )
     sgd = build_model(ModelConfig(conv_sizes=(2,), dense_sizes=(4,), optimizer="SGD"))
     assert not load_inherited(sgd, store, parent, "SGD")[2]
     path = store.optimizer_state(parent)
@@ -152,14 +170,23 @@ def _lineage(root, data, order, clear_cache):
 
     store, models = Store(root), []
     base = TrainConfig(n_train=512, n_val=256, batch_size=64, epochs=1, warmup_epochs=0.0)
-    hp = {0: {"lr": 3e-3, "dropout": 0.3, "optimizer": "Nadam"},
-          1: {"lr": 1e-3, "dropout": 0.1, "optimizer": "Adam"}}
+    hp = {
+        0: {"lr": 3e-3, "dropout": 0.3, "optimizer": "Nadam"},
+        1: {"lr": 1e-3, "dropout": 0.1, "optimizer": "Adam"},
+    }
     for g in range(3):
         for m in order:
             inherit = f"g{g - 1:03d}-m{m:02d}" if g else None
-            t = store.create_trial({**hp[m], "generation": g, "member": m, "inherit": inherit,
-                                    "parents": [inherit] if inherit else []},
-                                   trial_id=f"g{g:03d}-m{m:02d}")
+            t = store.create_trial(
+                {
+                    **hp[m],
+                    "generation": g,
+                    "member": m,
+                    "inherit": inherit,
+                    "parents": [inherit] if inherit else [],
+                },
+                trial_id=f"g{g:03d}-m{m:02d}",
+            )
             if clear_cache:
                 _MODELS.__dict__.clear()
             train_member(str(root), t, base, str(data), epochs=1, seed=0)
@@ -174,3 +201,16 @@ def test_a_reused_model_gives_exactly_what_a_fresh_one_gives(tiny_data, tmp_path
     fresh, _ = _lineage(tmp_path / "b", tiny_data, [1, 0], clear_cache=True)
     assert reused == fresh
     assert len(set(models[2:])) == 2  # generations 1 and 2 reuse the two models of generation 0
+
+
+def test_create_refuses_an_existing_run_and_open_a_folder_without_one(tmp_path):
+    from lhccnn.config import smoke
+    from lhccnn.pbt import PBT
+
+    with pytest.raises(FileNotFoundError, match="pbt.json: no PBT run there"):
+        PBT.open(tmp_path / "run")
+    assert not (tmp_path / "run" / "pbt.json").exists()  # open made nothing
+    made = PBT.create(tmp_path / "run", smoke(), config=PBTConfig(population=3, seed=2))
+    with pytest.raises(FileExistsError, match="a PBT run is already there"):
+        PBT.create(tmp_path / "run", smoke(), config=PBTConfig(population=3, seed=2))
+    assert PBT.open(tmp_path / "run").config == made.config

@@ -42,8 +42,11 @@ def test_weighted_auc_hand_computed_example():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 5), st.integers(1, 4)),
-                min_size=2, max_size=30))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 1), st.integers(0, 5), st.integers(1, 4)), min_size=2, max_size=30
+    )
+)
 def test_integer_weights_equal_repeated_events(rows):
     y, s, w = (np.array(c) for c in zip(*rows))
     if len(set(y)) < 2:

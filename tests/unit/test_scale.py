@@ -10,16 +10,19 @@ from lhccnn.store import Store
 
 
 def test_the_cost_model_adds_up_the_parts():
-    m = scale.predict_hpo(trials=336, epochs=16, engines=112, epoch_s=78.6, task_s=0.0,
-                          save_s=0.0, store_s=0.0)
+    m = scale.predict_hpo(
+        trials=336, epochs=16, engines=112, epoch_s=78.6, task_s=0.0, save_s=0.0, store_s=0.0
+    )
     assert m["waves"] == 3 and m["makespan_s"] == pytest.approx(3 * 16 * 78.6)
     assert m["overhead_fraction"] == pytest.approx(0.0)
-    m = scale.predict_hpo(trials=10, epochs=2, engines=4, epoch_s=9.0, task_s=1.0, save_s=0.5,
-                          store_s=0.5)
+    m = scale.predict_hpo(
+        trials=10, epochs=2, engines=4, epoch_s=9.0, task_s=1.0, save_s=0.5, store_s=0.5
+    )
     assert m["trial_s"] == 21.0 and m["waves"] == 3
     assert m["overhead_fraction"] == pytest.approx(3 / 21)
-    p = scale.predict_pbt(population=100, workers=101, step_s=78.6, load_s=0.12, save_s=0.76,
-                          task_s=0.0, breed_s=0.0)
+    p = scale.predict_pbt(
+        population=100, workers=101, step_s=78.6, load_s=0.12, save_s=0.76, task_s=0.0, breed_s=0.0
+    )
     assert p["waves"] == 1 and p["generation_s"] == pytest.approx(79.48)
     assert p["overhead_fraction"] == pytest.approx(0.88 / 79.48)
 

@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from lhccnn.hpo import run_trial
 from lhccnn.config import TrainConfig
+from lhccnn.hpo import run_trial
 from lhccnn.pbt import load_inherited
 from lhccnn.runner import run_attempt
 from lhccnn.simulate import LABEL, SimulatedWork, fit, mflops, recorded
@@ -48,10 +48,8 @@ def test_a_simulated_member_inherits_its_parents_progress(tmp_path):
     parent = store.create_trial({**hp, "generation": 0, "member": 0, "inherit": None}, "g000-m00")
     fresh = store.create_trial({**hp, "generation": 0, "member": 1, "inherit": None}, "g000-m01")
     child = store.create_trial({**hp, "generation": 1, "member": 0, "inherit": parent}, "g001-m00")
-    member = lambda t: run_attempt(str(tmp_path), t,  # noqa: E731
-                                   lambda a: FAST.train_member(a, 2, load_inherited))
     for t in (parent, fresh, child):
-        member(t)
+        run_attempt(str(tmp_path), t, lambda a: FAST.train_member(a, 2, load_inherited))
     st = store.status(child)
     assert st["loaded_from"] == parent and st["simulated"]
     assert st["val_loss"] < store.status(fresh)["val_loss"]  # 4 epochs of progress beat 2
@@ -70,8 +68,11 @@ def test_simulated_work_says_what_it_is_and_refuses_nonsense():
 
 
 def test_simulated_times_follow_the_recorded_trials_model_and_batch_size():
-    trials = [{"mflops": m, "batch_size": b, "seconds_per_epoch": 20 + 0.5 * m + 1000 / b}
-              for m in (5, 17, 62) for b in (64, 256)]
+    trials = [
+        {"mflops": m, "batch_size": b, "seconds_per_epoch": 20 + 0.5 * m + 1000 / b}
+        for m in (5, 17, 62)
+        for b in (64, 256)
+    ]
     coef, residuals = fit(trials)
     assert coef == pytest.approx((20, 0.5, 1000)) and residuals == pytest.approx([1.0] * 6)
     work = SimulatedWork(cost=coef, scale=0.5)

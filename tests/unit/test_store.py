@@ -1,4 +1,4 @@
-"""The trial store: ids, the state machine and its attempts, metrics with resume, stop, DataFrame."""
+"""The trial store: ids, the state machine and its attempts, metrics with resume, stop, frame."""
 
 import os
 import threading
@@ -11,8 +11,10 @@ from lhccnn.store import StaleAttempt, Store, StudyTable, TransitionError
 def test_trials_get_unique_ids_even_from_concurrent_creators(tmp_path):
     store = Store(tmp_path)
     ids = []
-    threads = [threading.Thread(target=lambda: ids.append(store.create_trial({"lr": 0.1})))
-               for _ in range(20)]
+    threads = [
+        threading.Thread(target=lambda: ids.append(store.create_trial({"lr": 0.1})))
+        for _ in range(20)
+    ]
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert len(set(ids)) == 20 and sorted(ids) == store.trial_ids()
@@ -101,7 +103,9 @@ def test_creating_trials_lists_the_study_once_not_once_per_trial(tmp_path, monke
     listings = []
     for name in ("scandir", "listdir"):
         real = getattr(os, name)
-        monkeypatch.setattr(os, name, lambda *a, _real=real, **k: listings.append(a) or _real(*a, **k))
+        monkeypatch.setattr(
+            os, name, lambda *a, _real=real, **k: listings.append(a) or _real(*a, **k)
+        )
     ids = [store.create_trial({"lr": 0.1}) for _ in range(30)]
     assert ids == [f"trial-{n:04d}" for n in range(8, 38)]
     assert len(listings) <= 1  # was one listing per new trial: quadratic in the study's size
@@ -111,7 +115,7 @@ def test_creating_trials_lists_the_study_once_not_once_per_trial(tmp_path, monke
 
 def test_a_table_poll_rereads_exactly_the_trials_that_changed(tmp_path, monkeypatch):
     store = Store(tmp_path)
-    ids = [store.create_trial({"lr": 10.0 ** -k}) for k in range(1, 6)]
+    ids = [store.create_trial({"lr": 10.0**-k}) for k in range(1, 6)]
     attempt = store.begin_attempt(ids[1])
     table = StudyTable(Store(tmp_path))
     assert sorted(table.rows) == ids and table.poll() == set()
@@ -128,8 +132,9 @@ def test_a_table_poll_rereads_exactly_the_trials_that_changed(tmp_path, monkeypa
     assert table.poll() == {ids[1]} and table.rows[ids[1]]["status"] == "completed"
 
 
-def test_a_reader_polling_between_a_checkpoints_status_and_its_row_still_gets_the_row(tmp_path,
-                                                                                     monkeypatch):
+def test_a_reader_polling_between_a_checkpoints_status_and_its_row_still_gets_the_row(
+    tmp_path, monkeypatch
+):
     from lhccnn import store as store_module
 
     store = Store(tmp_path)
@@ -173,7 +178,9 @@ def test_a_damaged_change_log_makes_the_table_reread_everything(tmp_path):
     assert table.poll() is None
 
 
-def test_a_new_table_opens_from_the_saved_one_and_reads_only_what_changed_since(tmp_path, monkeypatch):
+def test_a_new_table_opens_from_the_saved_one_and_reads_only_what_changed_since(
+    tmp_path, monkeypatch
+):
     store = Store(tmp_path)
     ids = [store.create_trial({"lr": 0.1}) for _ in range(20)]
     StudyTable(store)  # reads all 20, saves the table

@@ -65,8 +65,9 @@ def test_signal_has_more_energy_and_more_jets_than_background(sample):
 
 
 def test_signal_fraction_is_configurable():
-    assert synthetic.generate(1000, 1, signal_fraction=0.2)["y"].mean() == pytest.approx(0.2,
-                                                                                         abs=0.01)
+    assert synthetic.generate(1000, 1, signal_fraction=0.2)["y"].mean() == pytest.approx(
+        0.2, abs=0.01
+    )
 
 
 def test_jet_at_phi_edge_deposits_on_both_sides():

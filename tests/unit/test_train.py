@@ -59,17 +59,23 @@ def test_warmup_ramps_lr_linearly_to_the_scaled_value():
     import numpy as np
     import tensorflow as tf
 
-    from lhccnn.train import _callbacks_module
+    from lhccnn.callbacks import WarmupLR
 
-    WarmupLR, _, _ = _callbacks_module()
     model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])
     model.compile(optimizer=tf.keras.optimizers.legacy.SGD(1e-3), loss="mse")
     seen = []
     record = tf.keras.callbacks.LambdaCallback(
-        on_train_batch_end=lambda b, logs: seen.append(float(model.optimizer.lr.numpy())))
+        on_train_batch_end=lambda b, logs: seen.append(float(model.optimizer.lr.numpy()))
+    )
     x, y = np.zeros((40, 2), "float32"), np.zeros((40, 1), "float32")
-    model.fit(x, y, batch_size=10, epochs=3, verbose=0,
-              callbacks=[WarmupLR(1e-3, 4e-3, epochs=2, steps_per_epoch=4), record])
+    model.fit(
+        x,
+        y,
+        batch_size=10,
+        epochs=3,
+        verbose=0,
+        callbacks=[WarmupLR(1e-3, 4e-3, epochs=2, steps_per_epoch=4), record],
+    )
     # 8 warm-up steps: lr = 1e-3 + 3e-3 * step / 8, then it stays at the target
     np.testing.assert_allclose(seen[:8], [1e-3 + 3e-3 * s / 8 for s in range(8)], rtol=1e-5)
     np.testing.assert_allclose(seen[8:], [4e-3] * 4, rtol=1e-5)
@@ -80,5 +86,6 @@ def test_config_round_trips_through_cli_arguments():
     from lhccnn.train import config_from_args, config_to_args, parse_args
 
     c = TrainConfig(n_train=5000, epochs=3, streaming=False, lr_scaling="sqrt").replace(
-        model_conv_sizes=(4, 8), model_lr=0.01, model_optimizer="Nadam")
+        model_conv_sizes=(4, 8), model_lr=0.01, model_optimizer="Nadam"
+    )
     assert config_from_args(parse_args(config_to_args(c))) == c

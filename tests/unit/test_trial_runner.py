@@ -7,7 +7,8 @@ import time
 import pytest
 
 from lhccnn.config import smoke
-from lhccnn.hpo import run_trial, validate_space
+from lhccnn.hpo import run_trial
+from lhccnn.space import validate_space
 from lhccnn.store import Store
 
 BASE = smoke().replace(n_train=1024, n_val=256, epochs=2)
@@ -25,7 +26,8 @@ def test_trial_completes_and_writes_metrics_checkpoint_and_test_result(tiny_data
 
 
 def test_a_checkpoint_keeps_the_optimizer_state_and_an_ended_trial_is_not_run_again(
-        tiny_data, tmp_path):
+    tiny_data, tmp_path
+):
     from lhccnn.hpo import trial_config
     from lhccnn.model import build_model
 
@@ -47,8 +49,9 @@ def test_an_attempt_killed_mid_trial_is_taken_over_from_its_checkpoint(tiny_data
     store = Store(tmp_path)
     t = store.create_trial({"lr": 3e-3})
     ctx = mp.get_context("spawn")  # TensorFlow in the child: no fork
-    child = ctx.Process(target=run_trial, args=(str(tmp_path), t, BASE.replace(epochs=30),
-                                                str(tiny_data), 256))
+    child = ctx.Process(
+        target=run_trial, args=(str(tmp_path), t, BASE.replace(epochs=30), str(tiny_data), 256)
+    )
     child.start()
     deadline = time.monotonic() + 120
     while len(store.metrics(t)) < 2 and time.monotonic() < deadline:
@@ -109,8 +112,9 @@ def test_nan_loss_marks_the_trial_diverged(tiny_data, tmp_path):
     assert st["status"] == "diverged" and "NaN" in st["reason"], st
 
 
-def test_a_model_predicting_only_the_majority_class_is_marked_diverged(tiny_data, tmp_path,
-                                                                      monkeypatch):
+def test_a_model_predicting_only_the_majority_class_is_marked_diverged(
+    tiny_data, tmp_path, monkeypatch
+):
     # the collapse the upstream 16- and 64-node runs showed: accuracy == 1 - mean(y)
     import lhccnn.train
 
@@ -124,12 +128,16 @@ def test_a_model_predicting_only_the_majority_class_is_marked_diverged(tiny_data
     assert st["status"] == "diverged" and "majority class" in st["reason"]
 
 
-@pytest.mark.parametrize("hp, data, reason", [
-    ({"conv_sizes": [4] * 7}, None, "conv_sizes 4,4,4,4,4,4,4 has 7 conv/pool blocks"),
-    ({"lr": 1e-3}, "missing", "train.h5"),
-])
+@pytest.mark.parametrize(
+    "hp, data, reason",
+    [
+        ({"conv_sizes": [4] * 7}, None, "conv_sizes 4,4,4,4,4,4,4 has 7 conv/pool blocks"),
+        ({"lr": 1e-3}, "missing", "train.h5"),
+    ],
+)
 def test_a_trial_that_cannot_run_fails_at_once_with_its_reason_instead_of_raising(
-        tiny_data, tmp_path, hp, data, reason):
+    tiny_data, tmp_path, hp, data, reason
+):
     store = Store(tmp_path / "study")
     t = store.create_trial(hp)  # e.g. a config edited by hand, past the search-space checks
     t0 = time.monotonic()
@@ -139,8 +147,11 @@ def test_a_trial_that_cannot_run_fails_at_once_with_its_reason_instead_of_raisin
 
 
 def test_the_search_space_refuses_more_conv_blocks_than_the_image_has_room_for():
-    from lhccnn.hpo import Choice
+    from lhccnn.space import Choice
 
-    with pytest.raises(ValueError, match=r"conv_sizes: value \(4, 4, 4, 4, 4, 4, 4\) is invalid, "
-                                         r"expected a tuple of 1 to 6 positive ints"):
+    with pytest.raises(
+        ValueError,
+        match=r"conv_sizes: value \(4, 4, 4, 4, 4, 4, 4\) is invalid, "
+        r"expected a tuple of 1 to 6 positive ints",
+    ):
         validate_space({"conv_sizes": Choice(((8, 16), (4,) * 7))})

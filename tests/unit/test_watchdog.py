@@ -31,8 +31,9 @@ def test_a_dead_driver_gets_its_processes_killed_and_files_removed(tmp_path):
     engine = subprocess.Popen(["sleep", "60"])
     secret = tmp_path / "cluster.json"
     secret.write_text("{}")
-    dog = Watchdog.start(tmp_path / "wd.json", driver_pid=driver.pid, processes=[engine.pid],
-                         paths=[secret])
+    dog = Watchdog.start(
+        tmp_path / "wd.json", driver_pid=driver.pid, processes=[engine.pid], paths=[secret]
+    )
     try:
         time.sleep(1.5)
         assert engine.poll() is None and secret.exists(), "torn down while the driver lives"

@@ -1,0 +1,65 @@
+"""Figures of runs, one JSON file each (results/<name>.json), from notebooks and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .config import results_dir
+from .files import atomic_write
+
+
+def folder(given: str | os.PathLike | None = None) -> Path:
+    """Where figures go: `given` (a notebook's `results_dir` parameter) when set, else
+    $LHCCNN_RESULTS or results/ in the checkout."""
+    return Path(given) if given else results_dir()
+
+
+def _plain(obj):
+    """What json cannot write itself: numpy scalars and arrays as numbers, the rest as text."""
+    return obj.tolist() if hasattr(obj, "tolist") else str(obj)
+
+
+def write(name: str, record: dict, where=None) -> Path:
+    """Write `record` to <folder>/<name>.json through a temp file (a crash leaves the old one)."""
+    path = folder(where) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(record, indent=1, default=_plain))
+    return path
+
+
+def read(name: str, where=None) -> dict | None:
+    """The record written by `write`, or None if there is none yet."""
+    path = folder(where) / f"{name}.json"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); run again what writes it") from None
+
+
+def machine() -> dict:
+    """What a benchmark's figures depend on besides the code: cores, Python, time, other load."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_average_1_5_15_min": os.getloadavg(),
+    }
+
+
+def write_bench(name: str, title: str, targets: dict, figures: dict, where=None) -> Path:
+    """A benchmark's record (the machine, its targets, its figures), and a table on stdout."""
+    path = write(name, {"machine": machine(), "targets": targets, "figures": figures}, where)
+    width = max(map(len, figures), default=0)
+    print(f"\n{title} ({path.parent.name}/{path.name}):")
+    for k, v in figures.items():
+        value = f"{v:10.3f}" if isinstance(v, float) else str(v)
+        print(f"  {k:<{width}}  {value}" + (f"   (target {targets[k]})" if k in targets else ""))
+    return path

@@ -1,0 +1,35 @@
+"""The results module: one JSON convention for notebooks' and benchmarks' figures."""
+
+import numpy as np
+import pytest
+
+from lhccnn import results
+
+
+def test_a_record_with_numpy_values_round_trips_and_a_missing_one_reads_as_none(tmp_path):
+    record = {"n": np.int64(3), "x": np.float32(0.5), "v": np.arange(3), "path": tmp_path}
+    path = results.write("01_demo", record, tmp_path / "out")
+    assert path == tmp_path / "out" / "01_demo.json"
+    assert results.read("01_demo", tmp_path / "out") == {
+        "n": 3,
+        "x": 0.5,
+        "v": [0, 1, 2],
+        "path": str(tmp_path),
+    }
+    assert results.read("02_never_written", tmp_path / "out") is None
+
+
+def test_a_damaged_record_is_named_and_the_folder_defaults_to_lhccnn_results(tmp_path, monkeypatch):
+    monkeypatch.setenv("LHCCNN_RESULTS", str(tmp_path))
+    assert results.folder(None) == results.folder("") == tmp_path
+    (tmp_path / "bad.json").write_text('{"half": ')
+    with pytest.raises(ValueError, match=r"bad.json is not valid JSON"):
+        results.read("bad")
+
+
+def test_a_benchmark_record_holds_the_machine_targets_and_figures(tmp_path, capsys):
+    results.write_bench("bench_x", "X", {"speed": ">= 1"}, {"speed": 2.0, "n": 4}, tmp_path)
+    rec = results.read("bench_x", tmp_path)
+    assert rec["targets"] == {"speed": ">= 1"} and rec["figures"] == {"speed": 2.0, "n": 4}
+    assert rec["machine"]["cpus"] >= 1 and len(rec["machine"]["load_average_1_5_15_min"]) == 3
+    assert "(target >= 1)" in capsys.readouterr().out
