@@ -24,7 +24,7 @@ CONTAINER_TESTS ?= tests/unit tests/notebooks/test_notebooks.py::test_01_cluster
 HOROVOD_FLAGS := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
                  HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1
 
-.PHONY: help all env system data slurm-start slurm-stop slurm-status train-batch notebooks book test test-unit bench container container-test clean
+.PHONY: help all env system data slurm-start slurm-stop slurm-status train-batch notebooks book test test-unit lint bench container container-test clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -84,6 +84,9 @@ book: env  ## build the book (_config.yml, _toc.yml, book/) from the executed no
 test: env data  ## the whole test suite (what CI runs); starts the mini SLURM, stops it if it was down
 	@up=0; $(SLURM) status >/dev/null 2>&1 && up=1; $(SLURM) start; rc=0; \
 	  $(PY) -m pytest -q -ra $(PYTEST_ARGS) || rc=$$?; [ $$up = 1 ] || $(SLURM) stop; exit $$rc
+
+lint: env  ## ruff (lint, format check at 100 columns) and the import-linter layer contract; the unit tier runs them too
+	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/lint-imports
 
 test-unit: env  ## the unit tier only: fast, no cluster
 	@$(PY) -m pytest -q -ra tests/unit $(PYTEST_ARGS)
