@@ -3,22 +3,13 @@ widget views are in the page, and the table of contents links every chapter."""
 
 import functools
 import http.server
-import shutil
 import threading
 
 import pytest
+from browser_lab import ARGS, CHROMIUM
 
 from lhccnn.config import notebooks, results_dir
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 CHAPTERS = [p.stem for p in notebooks()]
 
 
