@@ -12,7 +12,7 @@ from .config import results_dir
 from .files import atomic_write
 
 
-def folder(given: str | os.PathLike | None = None) -> Path:
+def folder(given: str | Path | None = None) -> Path:
     """Where figures go: `given` (a notebook's `results_dir` parameter) when set, else
     $LHCCNN_RESULTS or results/ in the checkout."""
     return Path(given) if given else results_dir()
