@@ -47,6 +47,13 @@ def _dask_jobs(env) -> list[str]:
     return [line for line in out.splitlines() if line.split()[1].startswith("lhccnn-dask-")]
 
 
+def _as_in_a_terminal():
+    # Ctrl-C in a terminal reaches a process whose SIGINT is not ignored; a test suite started in
+    # the background (`make test &`) has it ignored, and Python then never raises
+    # KeyboardInterrupt, so the run would not see the Ctrl-C this test sends
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _finished(record) -> bool:
     try:
         return bool(json.loads(record.read_text()).get("finished"))
@@ -58,7 +65,12 @@ def test_interrupted_run_cancels_its_worker_jobs_and_resumes(slurm, tiny_data, t
     root = tmp_path / "run"
     args = _pbt_cli(root, tiny_data)
     p = subprocess.Popen(
-        args, env=slurm, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        args,
+        env=slurm,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=_as_in_a_terminal,
     )
     deadline = time.monotonic() + 300
     while not _finished(root / "generations" / "g000.json"):
