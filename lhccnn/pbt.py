@@ -30,7 +30,7 @@ from .cluster import AllocationEnded, allocation_ended
 from .config import TrainConfig, data_dir
 from .files import append_line, locked, read_json, read_lines, write_json
 from .hpo import trial_config
-from .runner import callback, run_attempt
+from .runner import callback, end_attempt, run_attempt
 from .space import LINEAGE, space_from_dict, space_to_dict, validate_space
 from .store import CheckpointError, DriverLock, Store
 
@@ -246,9 +246,10 @@ def _train_member(attempt, base: TrainConfig, data, epochs: int, seed: int) -> d
     history = train.fit(model, pipes, epochs, callbacks=[cb])
     train_s = time.perf_counter() - t - cb.save_s
     val_loss = math.nan if cb.nan else history["val_loss"][-1]
-    now = time.time()
-    return attempt.finish(
+    return end_attempt(
+        attempt,
         "completed" if math.isfinite(val_loss) else "diverged",
+        task_started,
         val_loss=val_loss,
         val_accuracy=history["val_accuracy"][-1],
         optimizer_kept=optimizer_kept,
@@ -258,8 +259,6 @@ def _train_member(attempt, base: TrainConfig, data, epochs: int, seed: int) -> d
         load_s=load_s,
         train_s=train_s,
         save_s=cb.save_s,
-        finished=now,
-        task_seconds=now - task_started,
         **({"reason": "loss became NaN"} if cb.nan else {}),
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import stat
@@ -57,6 +58,7 @@ def host_address() -> str:
     return socket.gethostbyname(socket.gethostname())
 
 
+@functools.cache  # one class, however many notebooks a process runs
 def private_kernel_manager():
     """The Jupyter kernel manager for notebooks run by papermill: the kernel listens on Unix
     sockets in a folder of its own that only this user can enter (mode 0700), instead of TCP

@@ -174,9 +174,10 @@ class SimulatedWork:
             progress=model.progress if loaded_from else 0.0,
         )
         train_s = time.perf_counter() - t - out["save_s"]
-        now = time.time()
-        return attempt.finish(
+        return end_attempt(
+            attempt,
             "stopped" if out["stopped"] else "completed",
+            task_started,
             val_loss=out.get("val_loss", math.nan),
             val_accuracy=out.get("val_accuracy"),
             optimizer_kept=kept,
@@ -186,8 +187,6 @@ class SimulatedWork:
             load_s=load_s,
             train_s=train_s,
             save_s=out["save_s"],
-            finished=now,
-            task_seconds=now - task_started,
             simulated=True,
         )
 
