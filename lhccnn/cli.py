@@ -72,6 +72,7 @@ def running_cell(executed: Path) -> tuple[int, int] | None:
 def _still_running(executed: Path, since: float, quiet: bool, every: float = 60.0):
     """Outside a terminal (CI, a batch job's log) say once a minute which cell is running, so
     that minutes of silence do not look like a hang."""
+    executed = Path(executed).resolve()  # papermill changes the working directory meanwhile
     done = threading.Event()
 
     def report():

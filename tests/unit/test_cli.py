@@ -46,9 +46,13 @@ def test_the_lhccnn_command_lists_its_commands_and_hands_train_and_fetch_their_o
     assert bad.returncode == 2 and "invalid choice: 'trian'" in bad.stderr
 
 
-def test_outside_a_terminal_the_notebook_runner_says_which_cell_is_running(tmp_path, capsys):
+def test_outside_a_terminal_the_notebook_runner_says_which_cell_is_running(
+    tmp_path, capsys, monkeypatch
+):
     import json
+    import os
     import time
+    from pathlib import Path
 
     executed = tmp_path / "05.ipynb"
     states = ["completed", "running", "pending"]  # as papermill saves them after each cell
@@ -58,7 +62,9 @@ def test_outside_a_terminal_the_notebook_runner_says_which_cell_is_running(tmp_p
     executed.write_text(json.dumps({"cells": cells}))
     assert cli.running_cell(executed) == (2, 3)
     assert cli.running_cell(tmp_path / "not-yet.ipynb") is None
-    with cli._still_running(executed, time.perf_counter(), quiet=False, every=0.05):
+    monkeypatch.chdir(tmp_path)
+    with cli._still_running(Path("05.ipynb"), time.perf_counter(), quiet=False, every=0.05):
+        os.chdir(tmp_path.parent)  # as papermill does while a notebook runs
         time.sleep(0.3)
     said = capsys.readouterr().out
     assert "... cell 2 of 3 running" in said
