@@ -24,7 +24,7 @@ CONTAINER_TESTS ?= tests/unit tests/notebooks/test_notebooks.py::test_01_cluster
 HOROVOD_FLAGS := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
                  HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1
 
-.PHONY: help all env system data slurm-start slurm-stop slurm-status train-batch notebooks book test test-unit lint bench container container-test clean
+.PHONY: help all env peers-env system data slurm-start slurm-stop slurm-status train-batch notebooks book test test-unit lint bench container container-test clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -49,6 +49,13 @@ $(VENV)/.installed: constraints.txt pyproject.toml
 	@$(VENV)/bin/horovodrun --check-build > $(VENV)/horovod-build.txt
 	@for need in TensorFlow MPI Gloo; do grep -q "\[X\] $$need" $(VENV)/horovod-build.txt || { \
 	  cat $(VENV)/horovod-build.txt; echo "error: Horovod lacks $$need support; needs Debian libopenmpi-dev and cmake, then: rm -rf $(VENV) && make env"; exit 1; }; done
+	@touch $@
+
+peers-env: env $(VENV)/.peers  ## the [peers] extra (Ray Tune, Optuna) for the peer benchmark
+
+$(VENV)/.peers: $(VENV)/.installed
+	@$(PIP) install -q -c constraints.txt -e '.[peers]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -c 'import ray.tune, optuna' || { echo "error: the [peers] extra did not install"; exit 1; }
 	@touch $@
 
 data: env  ## the embedded synthetic dataset (skips files that already verify)
@@ -81,7 +88,7 @@ book: env  ## build the book (_config.yml, _toc.yml, book/) from the executed no
 	@$(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
 	@echo "book: $(CURDIR)/_build/html/index.html"
 
-test: env data  ## the whole test suite (what CI runs); starts the mini SLURM, stops it if it was down
+test: env peers-env data  ## the whole test suite (what CI runs); starts the mini SLURM, stops it if it was down
 	@up=0; $(SLURM) status >/dev/null 2>&1 && up=1; $(SLURM) start; rc=0; \
 	  $(PY) -m pytest -q -ra $(PYTEST_ARGS) || rc=$$?; [ $$up = 1 ] || $(SLURM) stop; exit $$rc
 
@@ -91,7 +98,7 @@ lint: env  ## ruff (lint, format check at 100 columns) and the import-linter lay
 test-unit: env  ## the unit tier only: fast, no cluster
 	@$(PY) -m pytest -q -ra tests/unit $(PYTEST_ARGS)
 
-bench: env data slurm-start  ## benchmarks at full size (~45 min: PBT 19, scale 14): tables, results/bench*.json
+bench: env peers-env data slurm-start  ## benchmarks at full size (~45 min: PBT 19, scale 14): tables, results/bench*.json
 	@LHCCNN_BENCH=full $(PY) -m pytest -q -s tests/benchmarks $(PYTEST_ARGS)
 
 container:  ## build the image from the Dockerfile with podman (no daemon; makes its debian:12 base if no registry has it)

@@ -227,6 +227,7 @@ def run_pbt(a) -> int:
 OWN_PARSER = {
     "train": ("lhccnn.train", "train the CNN in one process or with Horovod (see train --help)"),
     "fetch": ("lhccnn.fetch", "make or download the dataset (see fetch --help)"),
+    "peers": ("lhccnn.peers", "lhccnn against Ray Tune and Optuna (see peers --help)"),
 }
 
 

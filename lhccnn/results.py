@@ -54,9 +54,13 @@ def machine() -> dict:
     }
 
 
-def write_bench(name: str, title: str, targets: dict, figures: dict, where=None) -> Path:
-    """A benchmark's record (the machine, its targets, its figures), and a table on stdout."""
-    path = write(name, {"machine": machine(), "targets": targets, "figures": figures}, where)
+def write_bench(
+    name: str, title: str, targets: dict, figures: dict, where=None, extra: dict | None = None
+) -> Path:
+    """A benchmark's record (the machine, its targets, its figures, and `extra` fields such as
+    per-run rows), and a table of the figures on stdout."""
+    record = {"machine": machine(), "targets": targets, "figures": figures, **(extra or {})}
+    path = write(name, record, where)
     width = max(map(len, figures), default=0)
     print(f"\n{title} ({path.parent.name}/{path.name}):")
     for k, v in figures.items():

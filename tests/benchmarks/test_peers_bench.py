@@ -1,0 +1,33 @@
+"""lhccnn against Ray Tune and Optuna (issue 14), recorded in results/bench_peers.json. `make
+bench`: notebook 05's problem (population 8 x 6 generations, 48 epochs per method and seed) over
+three seeds; inside `make test` (CI) every method for a budget of 4 epochs on 256 events, one
+seed: each must reach a finite loss having trained exactly the epochs it was given."""
+
+import math
+import os
+
+import pytest
+
+from lhccnn import peers
+
+pytest.importorskip("ray.tune", reason="the [peers] extra: make peers-env")
+pytest.importorskip("optuna", reason="the [peers] extra: make peers-env")
+
+FULL = os.environ.get("LHCCNN_BENCH") == "full"
+SETUP = peers.Setup() if FULL else peers.Setup(population=2, generations=2, n_train=256, n_val=128)
+SEEDS = [0, 1, 2] if FULL else [0]
+
+
+def test_every_method_trains_exactly_its_budget(tmp_path, capsys):
+    rows = peers.run(SETUP, SEEDS, peers.METHODS, tmp_path)
+    peers.write(SETUP, rows)
+    assert {(r["method"], r["seed"]) for r in rows} == {
+        (m, s) for m in peers.METHODS for s in SEEDS
+    }
+    for r in rows:
+        assert math.isfinite(r["best_val_loss"]), r
+        assert r["epochs"] == SETUP.budget, r  # counted from each epoch each method trained
+        assert len(r["anytime"]) == SETUP.budget and r["anytime"][-1] == r["best_val_loss"]
+        assert r["wall_s"] > 0 and r["peak_rss_mib"] > 0
+    pbt = [r for r in rows if r["method"] == "lhccnn_pbt"]
+    assert all(r["trials"] == SETUP.population * SETUP.generations for r in pbt)
