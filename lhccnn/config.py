@@ -14,6 +14,8 @@ MAX_CONV_BLOCKS = min(IMAGE_SHAPE[:2]).bit_length() - 1
 
 OPTIMIZERS = ("Adam", "Nadam", "Adadelta", "SGD", "RMSprop")
 LR_SCALING = ("none", "linear", "sqrt")
+# Keras dtype policies: float32, or bfloat16 compute with float32 weights (AMX on newer Xeons)
+PRECISIONS = ("float32", "mixed_bfloat16")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class TrainConfig:
     seed: int = 0
     intra_threads: int = 1
     inter_threads: int = 1
+    precision: str = "float32"  # or "mixed_bfloat16": an option, not the default (see benchmarks)
     verbose: int = 0  # Keras progress bars; train.py logs one line per epoch regardless
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -72,6 +75,10 @@ class TrainConfig:
         if self.lr_scaling not in LR_SCALING:
             raise ValueError(
                 f"unknown lr_scaling {self.lr_scaling!r}; valid: {', '.join(LR_SCALING)}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"
             )
         for name in ("batch_size", "epochs"):
             if getattr(self, name) < 1:

@@ -58,6 +58,7 @@ def build_model(
     compile=True,
     optimizer=None,
     reusable=False,
+    precision: str = "float32",
 ):
     """Build the CNN.
 
@@ -65,12 +66,29 @@ def build_model(
     -conv32/pool-> (8,8,32) -flatten-> 2048 -dense64-> 64 -> 1 (sigmoid); 137,089 parameters.
     `optimizer` overrides the one named in the config (Horovod passes its wrapped optimizer).
     `reusable` gives seeded dropout layers (see `seeded_dropout_layer`), for a model that is
-    trained again with another dropout rate and seed without being traced again.
+    trained again with another dropout rate and seed without being traced again. `precision`:
+    a Keras dtype policy for the layers ("mixed_bfloat16": bfloat16 compute, float32 weights);
+    the output layer stays float32, so the loss and the probabilities are computed in float32.
     """
+    import tensorflow as tf
+
+    config = config or ModelConfig()
+    previous = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy(precision)  # layers take it when made
+    try:
+        model = _layers(config, input_shape, reusable)
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous)
+    if compile:
+        opt = optimizer or make_optimizer(config.optimizer, config.lr)
+        model.compile(optimizer=opt, loss="binary_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def _layers(config: ModelConfig, input_shape, reusable: bool):
     import tensorflow as tf
     from tensorflow.keras import layers
 
-    config = config or ModelConfig()
     Dropout = seeded_dropout_layer() if reusable else layers.Dropout
     inputs = layers.Input(shape=input_shape, name="hist")
     h = inputs
@@ -82,12 +100,8 @@ def build_model(
     for size in config.dense_sizes:
         h = layers.Dense(size, activation="relu")(h)
         h = Dropout(config.dropout)(h)
-    outputs = layers.Dense(1, activation="sigmoid", name="p_signal")(h)
-    model = tf.keras.Model(inputs, outputs, name="lhccnn")
-    if compile:
-        opt = optimizer or make_optimizer(config.optimizer, config.lr)
-        model.compile(optimizer=opt, loss="binary_crossentropy", metrics=["accuracy"])
-    return model
+    outputs = layers.Dense(1, activation="sigmoid", name="p_signal", dtype="float32")(h)
+    return tf.keras.Model(inputs, outputs, name="lhccnn")
 
 
 def training_flops(config: ModelConfig | None = None, input_shape=IMAGE_SHAPE) -> int:

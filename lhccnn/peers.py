@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import results
-from .config import TrainConfig, data_dir
+from .config import REPO, TrainConfig, data_dir
 from .files import append_line, locked, read_lines
 from .space import LINEAGE, Choice, LogUniform, Uniform, default_space
 
@@ -643,6 +643,68 @@ def write(setup: Setup, rows: list[dict], where=None) -> Path:
     }
     title = "lhccnn against Ray Tune and Optuna (real training)"
     return results.write_bench("bench_peers", title, TARGETS, figures, where, extra)
+
+
+# the run recorded for the book, on the machine it names (`make bench` writes a newer one)
+RECORDED = REPO / "book" / "recorded" / "bench_peers.json"
+
+
+def load(where=None) -> tuple[dict | None, str]:
+    """The newest figures and where they come from: this checkout's results/bench_peers.json,
+    else the run recorded for the book, else (None, why)."""
+    record = results.read("bench_peers", where)
+    if record is not None and "rows" in record:
+        return record, "this checkout's `results/bench_peers.json`"
+    if RECORDED.exists():
+        return results.read(RECORDED.stem, RECORDED.parent), "the run recorded for the book"
+    return None, "no figures yet: `make bench` or `lhccnn peers` writes results/bench_peers.json"
+
+
+def table(record: dict):
+    """Per method: median best loss, each seed's best loss, wall time, overhead, memory."""
+    import pandas as pd
+
+    out = []
+    for method, s in record["summary"].items():
+        rs = sorted((r for r in record["rows"] if r["method"] == method), key=lambda r: r["seed"])
+        out.append(
+            {
+                "method": method,
+                "median best val_loss": s["best_val_loss_median"],
+                "best val_loss per seed": ", ".join(f"{r['best_val_loss']:.4f}" for r in rs),
+                "epochs per seed": ", ".join(str(r["epochs"]) for r in rs),
+                "trials (median)": statistics.median(r["trials"] for r in rs),
+                "wall s (median)": s["wall_s_median"],
+                "overhead s (median)": s["overhead_s_median"],
+                "peak memory MiB": s["peak_rss_mib_max"],
+                "lhccnn PBT as good, seeds": s.get("reference_as_good_seeds", ""),
+            }
+        )
+    return pd.DataFrame(out).set_index("method").round(4)
+
+
+def reading(record: dict) -> str:
+    """The comparison the issue asks for, in words, from the figures."""
+    s, seeds = record["summary"], max(v["seeds"] for v in record["summary"].values())
+    ref = s.get("lhccnn_pbt")
+    if ref is None:
+        return "lhccnn PBT was not among the methods run."
+    peers_ = [m for m in s if not m.startswith("lhccnn")]
+    parts = [
+        f"lhccnn PBT's median best validation loss is {ref['best_val_loss_median']:.4f} "
+        f"over {seeds} seeds."
+    ]
+    for m in peers_:
+        parts.append(
+            f"Against {m} ({s[m]['best_val_loss_median']:.4f}) it is at least as good in "
+            f"{s[m]['reference_as_good_seeds']} of {s[m]['seeds']} seeds."
+        )
+    if "wall_over_fastest_peer" in ref:
+        parts.append(
+            f"Its median wall time is {ref['wall_over_fastest_peer']:.2f} times the fastest "
+            "peer's (target: at most 1.1)."
+        )
+    return " ".join(parts)
 
 
 def versions() -> dict:

@@ -319,3 +319,33 @@ def control_plane_at_scale(record: dict, axes=None):
             title=f"PBT, population {pbt['population']} on {pbt['workers']} workers",
         )
     return axes
+
+
+def peers(rows: list[dict], axes=None):
+    """The peer benchmark: validation loss against epochs spent (best so far; thin lines per
+    seed, thick the median over seeds), and the best loss per method and seed with its wall
+    time, so that quality and cost read side by side."""
+    import numpy as np
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    by: dict = {}
+    for r in rows:
+        by.setdefault(r["method"], []).append(r)
+    for i, (method, rs) in enumerate(by.items()):
+        color = f"C{i}"
+        curves = [np.asarray(r["anytime"], dtype=float) for r in rs]
+        n = min(map(len, curves))
+        for c in curves:
+            axes[0].plot(np.arange(1, len(c) + 1), c, color=color, lw=0.6, alpha=0.4)
+        median = np.median([c[:n] for c in curves], axis=0)
+        axes[0].plot(np.arange(1, n + 1), median, color=color, lw=2, label=method)
+        axes[1].scatter(
+            [r["wall_s"] for r in rs], [r["best_val_loss"] for r in rs], color=color, label=method
+        )
+    axes[0].set(xlabel="epochs spent", ylabel="best validation loss so far", title="Anytime")
+    axes[1].set(xlabel="wall time (s)", ylabel="best validation loss", title="Per seed")
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8)
+    plt.tight_layout()
+    return axes

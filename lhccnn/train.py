@@ -12,7 +12,15 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from .config import LR_SCALING, OPTIMIZERS, ModelConfig, TrainConfig, data_dir, smoke
+from .config import (
+    LR_SCALING,
+    OPTIMIZERS,
+    PRECISIONS,
+    ModelConfig,
+    TrainConfig,
+    data_dir,
+    smoke,
+)
 from .files import write_json
 
 log = logging.getLogger("lhccnn.train")  # not __main__ under python -m
@@ -224,7 +232,7 @@ def train(
     opt = make_optimizer(mc.optimizer, target_lr)
     if use_horovod:
         opt = hvd.DistributedOptimizer(opt)  # Horovod: average gradients across ranks
-    model = build_model(mc, optimizer=opt)
+    model = build_model(mc, optimizer=opt, precision=config.precision)
 
     from .callbacks import EpochLog, Throughput, WarmupLR  # imports TensorFlow
 
@@ -362,6 +370,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--in-memory", action="store_true", help="load the shard into memory instead of streaming"
     )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=d.precision,
+        help="Keras dtype policy; mixed_bfloat16 computes in bfloat16, fast only on CPUs "
+        "with AMX or AVX-512 BF16 (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     p.add_argument(
         "--verbose",
@@ -386,6 +401,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         intra_threads=a.threads,
         inter_threads=a.inter_threads,
         streaming=not a.in_memory,
+        precision=a.precision,
         seed=a.seed,
         verbose=a.verbose,
         model_optimizer=a.optimizer,
@@ -414,6 +430,8 @@ def config_to_args(config: TrainConfig) -> list[str]:
         config.inter_threads,
         "--seed",
         config.seed,
+        "--precision",
+        config.precision,
         "--optimizer",
         m.optimizer,
         "--lr",

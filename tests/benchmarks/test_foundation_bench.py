@@ -25,7 +25,7 @@ TARGETS = {"horovod_2x1_efficiency": 0.90, "streaming_over_memory": 0.95}
 RECORD: dict = {}
 
 
-def _train(tmp_path, name, *args, ranks=1):
+def _train(tmp_path, name, *args, ranks=1, epochs=EPOCHS):
     out = tmp_path / name
     cmd = [
         sys.executable,
@@ -36,7 +36,7 @@ def _train(tmp_path, name, *args, ranks=1):
         "--out",
         str(out),
         "--epochs",
-        str(EPOCHS),
+        str(epochs),
         "--n-train",
         str(EVENTS_PER_RANK * ranks),
         "--n-val",
@@ -65,6 +65,38 @@ def _train(tmp_path, name, *args, ranks=1):
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads((out / "metrics.json").read_text())["samples_per_s"]
+
+
+def _last_epoch(tmp_path, name) -> dict:
+    return json.loads((tmp_path / name / "history.json").read_text())[-1]
+
+
+MATMUL = """
+import sys, time
+import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+n, dtype = 1024, getattr(tf, sys.argv[1])
+a = tf.cast(tf.random.uniform((n, n)), dtype)
+b = tf.cast(tf.random.uniform((n, n)), dtype)
+f = tf.function(lambda: tf.linalg.matmul(a, b))
+f()
+times = []
+for _ in range(5):
+    t = time.perf_counter()
+    f().numpy()
+    times.append(time.perf_counter() - t)
+print(2 * n**3 / min(times) / 1e9)
+"""
+
+
+def _matmul_gflops(dtype: str) -> float:
+    """One core's matrix multiply speed (1024 x 1024, best of 5): the roofline of the CNN."""
+    p = subprocess.run(
+        [sys.executable, "-c", MATMUL, dtype], capture_output=True, text=True, timeout=600
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    return float(p.stdout.split()[-1])
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -110,3 +142,41 @@ def test_training_throughput_threads_streaming_and_horovod(tmp_path):
     # sanity only: the model is learning at a plausible speed and 2 ranks do add throughput
     assert 50 < one < 20_000
     assert hvd > one
+
+
+def test_bfloat16_against_float32_and_the_matmul_roofline(tmp_path):
+    # Keras's mixed_bfloat16 policy against float32, interleaved, the same seed and data: speed,
+    # and the last epoch's validation loss and accuracy. bfloat16 is fast only where the CPU
+    # multiplies it natively (AMX, AVX-512 BF16); /proc/cpuinfo's flags are recorded with it.
+    from lhccnn.config import TrainConfig
+    from lhccnn.model import training_flops
+
+    speed: dict = {"float32": [], "mixed_bfloat16": []}
+    for i in range(REPEATS if FULL else 1):
+        for precision, runs in speed.items():
+            # CI: 2 epochs (train.py's speed is the median after the first, which traces)
+            epochs = EPOCHS if FULL else 2
+            runs.append(
+                _train(tmp_path, f"{precision}-{i}", "--precision", precision, epochs=epochs)
+            )
+    flops = training_flops(TrainConfig().model)
+    peak = {d: _matmul_gflops(d) for d in ("float32", "bfloat16")}
+    flags = open("/proc/cpuinfo").read().split("flags", 1)[-1].split("\n", 1)[0].split()
+    for precision, runs in speed.items():
+        last = _last_epoch(tmp_path, f"{precision}-0")
+        sps = statistics.median(runs)
+        RECORD[f"train_{precision}_samples_per_s"] = sps
+        RECORD[f"train_{precision}_val_loss"] = last["val_loss"]
+        RECORD[f"train_{precision}_val_accuracy"] = last["val_accuracy"]
+        RECORD[f"train_{precision}_gflops"] = sps * flops / 1e9
+    RECORD["matmul_1core_float32_gflops"] = peak["float32"]
+    RECORD["matmul_1core_bfloat16_gflops"] = peak["bfloat16"]
+    RECORD["train_float32_fraction_of_matmul_peak"] = (
+        RECORD["train_float32_gflops"] / peak["float32"]
+    )
+    RECORD["bfloat16_over_float32_speed"] = (
+        RECORD["train_mixed_bfloat16_samples_per_s"] / RECORD["train_float32_samples_per_s"]
+    )
+    RECORD["cpu_bfloat16_flags"] = " ".join(f for f in flags if "bf16" in f or "amx" in f) or "none"
+    for precision in speed:  # both learn: better than guessing the majority class
+        assert RECORD[f"train_{precision}_val_loss"] < 0.7

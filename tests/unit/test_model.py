@@ -72,3 +72,24 @@ def test_train_config_replace_and_round_trip():
     assert TrainConfig.from_dict(c.to_dict()) == c
     with pytest.raises(ValueError, match="lr_scaling"):
         TrainConfig(lr_scaling="cubic")
+
+
+def test_unknown_precision_is_refused_with_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown precision 'float16'; valid: float32, mixed_bf"):
+        TrainConfig(precision="float16")
+
+
+def test_bfloat16_computes_in_bfloat16_keeps_float32_weights_and_output():
+    import numpy as np
+    import tensorflow as tf
+
+    model = build_model(precision="mixed_bfloat16")
+    conv = next(x for x in model.layers if x.name.startswith("conv2d"))
+    assert conv.compute_dtype == "bfloat16" and conv.variable_dtype == "float32"
+    assert model.output.dtype == tf.float32  # loss and probabilities in float32
+    assert tf.keras.mixed_precision.global_policy().name == "float32"  # put back after building
+    assert build_model().layers[1].compute_dtype == "float32"
+    x = np.random.default_rng(0).random((64, 64, 64, 1), dtype=np.float32)
+    y = (x.mean(axis=(1, 2, 3)) > 0.5).astype(np.float32)
+    loss = model.fit(x, y, epochs=1, verbose=0).history["loss"][0]
+    assert np.isfinite(loss)

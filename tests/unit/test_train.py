@@ -85,7 +85,7 @@ def test_config_round_trips_through_cli_arguments():
     from lhccnn.config import TrainConfig
     from lhccnn.train import config_from_args, config_to_args, parse_args
 
-    c = TrainConfig(n_train=5000, epochs=3, streaming=False, lr_scaling="sqrt").replace(
-        model_conv_sizes=(4, 8), model_lr=0.01, model_optimizer="Nadam"
-    )
+    c = TrainConfig(
+        n_train=5000, epochs=3, streaming=False, lr_scaling="sqrt", precision="mixed_bfloat16"
+    ).replace(model_conv_sizes=(4, 8), model_lr=0.01, model_optimizer="Nadam")
     assert config_from_args(parse_args(config_to_args(c))) == c
