@@ -99,7 +99,8 @@ def roc(pred: dict, axes=None):
 
 
 def scaling(rows: list[dict], axes=None):
-    """Median throughput against workers, notebook and batch (the paper's Fig. 2), their ratio."""
+    """Median throughput against workers, notebook and batch (the paper's Fig. 2), beside the
+    ideal and the measured ceiling (independent trainings, where measured); their ratio."""
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     from .scaling import medians
@@ -121,6 +122,10 @@ def scaling(rows: list[dict], axes=None):
     axes[0].plot(
         ws, [by_mode["batch"][ws[0]] * w / ws[0] for w in ws], ":", color="0.6", label="ideal"
     )
+    ceiling = by_mode.get("independent", {})
+    if ceiling:  # independent trainings, no communication: the most ranks here can reach
+        cw = sorted(ceiling)
+        axes[0].plot(cw, [ceiling[w] for w in cw], "^:", color="0.3", label="ceiling (independent)")
     axes[0].set(xlabel="workers (Horovod ranks)", ylabel="training samples/s", xticks=ws)
     axes[0].legend()
     axes[1].plot(ws, [by_mode["notebook"][w] / by_mode["batch"][w] for w in ws], "o-")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -132,6 +133,70 @@ def batch_run(
     return _summary("batch", workers, r, out=str(out))
 
 
+def ceiling_run(
+    config: TrainConfig,
+    workers: int,
+    out_root: Path,
+    data=None,
+    local=False,
+    n_test=1024,
+    cluster_options: dict | None = None,
+    timeout=3600,
+) -> dict:
+    """The ceiling for `workers` ranks: as many independent one-process trainings of one rank's
+    share, started together and never talking to each other. Their summed throughput is what
+    Horovod would reach if its allreduce and coordination were free; ranks that share a
+    machine's caches and memory bandwidth fall short of `workers` x one alone even so. Local:
+    processes here; otherwise one srun step with a task per node, the batch job's layout."""
+    out = Path(out_root) / f"ceiling-{workers}-{int(time.time() * 1000)}"
+    share = config.replace(n_train=config.n_train // workers)
+    args = config_to_args(share) + ["--data", str(data or data_dir()), "--n-test", str(n_test)]
+    cmd = [sys.executable, "-m", "lhccnn.train", *args]
+    if local:
+        procs = [
+            subprocess.Popen(
+                [*cmd, "--out", str(out / f"task{i}")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(workers)
+        ]
+        errors = [p.communicate(timeout=timeout)[1] for p in procs]
+        failed = [(p.returncode, e) for p, e in zip(procs, errors) if p.returncode]
+        if failed:
+            code, err = failed[0]
+            raise RuntimeError(f"an independent training failed ({code}): {err[-2000:]}")
+    else:
+        spec = ClusterSpec(nodes=workers, engines=workers, **(cluster_options or {}))
+        task = shlex.join(cmd) + f' --out "{out}/task$SLURM_PROCID"'
+        slurm.run(
+            "srun",
+            f"--nodes={workers}",
+            f"--ntasks={workers}",
+            "--ntasks-per-node=1",
+            f"--time={spec.time}",
+            *sbatch_options(spec),
+            "bash",
+            "-c",
+            task,
+            timeout=timeout,
+        )
+    tasks = [
+        json.loads((out / f"task{i}" / "metrics.json").read_text())["samples_per_s"]
+        for i in range(workers)
+    ]
+    total = sum(tasks)
+    return {
+        "mode": "independent",
+        "workers": workers,
+        "samples_per_s": total,
+        "per_worker_samples_per_s": total / workers,
+        "task_samples_per_s": tasks,
+        "out": str(out),
+    }
+
+
 def study(
     config: TrainConfig,
     workers=(1, 2),
@@ -142,21 +207,23 @@ def study(
     n_test=1024,
     cluster_options: dict | None = None,
     repeats: int = 1,
+    ceiling: bool = True,
     progress=print,
 ) -> list[dict]:
-    """For each worker count, notebook and batch runs side by side, `repeats` times each.
+    """For each worker count, notebook and batch runs side by side, `repeats` times each, and
+    with `ceiling` (above one worker) the independent trainings that bound both (`ceiling_run`).
 
-    The order alternates (notebook first, then batch first) so that a machine whose speed
-    drifts during the study does not favour one mode; `ratios` compares medians.
+    The order rotates from repeat to repeat, so that a machine whose speed drifts during the
+    study does not favour one mode; `ratios` compares medians.
     """
     out_root = Path(out_root or results_dir() / "scaling")
     rows = []
     for w in workers:
         c = weak_scaled(config, per_worker, w)
+        runs = [notebook_run, batch_run] + ([ceiling_run] if ceiling and w > 1 else [])
         for rep in range(repeats):
-            order = (notebook_run, batch_run) if rep % 2 == 0 else (batch_run, notebook_run)
-            for run in order:
-                kwargs = {"out_root": out_root} if run is batch_run else {}
+            for run in runs[rep % len(runs) :] + runs[: rep % len(runs)]:
+                kwargs = {} if run is notebook_run else {"out_root": out_root}
                 row = run(
                     c,
                     w,
@@ -168,8 +235,8 @@ def study(
                 )
                 rows.append({**row, "repeat": rep})
                 progress(
-                    f"{row['mode']:>8} x{w}: {row['samples_per_s']:8.0f} samples/s, "
-                    f"val acc {row['val_accuracy']:.3f}"
+                    f"{row['mode']:>11} x{w}: {row['samples_per_s']:8.0f} samples/s"
+                    + (f", val acc {row['val_accuracy']:.3f}" if "val_accuracy" in row else "")
                 )
     return rows
 
@@ -183,13 +250,21 @@ def medians(rows: list[dict]) -> dict:
 
 
 def ratios(rows: list[dict]) -> dict:
-    """notebook/batch median throughput per worker count, and Horovod efficiency vs 1 worker."""
+    """notebook/batch median throughput per worker count; Horovod's efficiency against the
+    ideal (`workers` x its own one-worker speed) and, where measured, against the ceiling (the
+    independent trainings of `ceiling_run`, which no communication cost can beat)."""
     by = medians(rows)
-    workers = sorted({r["workers"] for r in rows})
+    workers = sorted({r["workers"] for r in rows if r["mode"] == "notebook"})
     out = {"notebook_over_batch": {w: by[("notebook", w)] / by[("batch", w)] for w in workers}}
     if 1 in workers:
         out["efficiency"] = {
             mode: {w: by[(mode, w)] / (w * by[(mode, 1)]) for w in workers}
+            for mode in ("notebook", "batch")
+        }
+    measured = [w for w in workers if ("independent", w) in by]
+    if measured:
+        out["of_ceiling"] = {
+            mode: {w: by[(mode, w)] / by[("independent", w)] for w in measured}
             for mode in ("notebook", "batch")
         }
     return out

@@ -20,6 +20,7 @@ TARGETS = {
     "stop_median_s": "<= 10",
     "per_task_ms": "<= 10",
     "notebook_over_batch": ">= 0.97",
+    "of_ceiling_2_workers": ">= 0.95 (each mode)",
     "efficiency_2_workers": ">= 0.90",
 }
 RECORD: dict = {}
@@ -84,16 +85,19 @@ def test_notebook_against_batch_at_1_2_4_workers(slurm):
                     "val_accuracy",
                     "majority_rate",
                 )
+                if k in row  # the ceiling's independent runs have no one model to score
             }
             for row in rows
         ],
         notebook_over_batch=r["notebook_over_batch"],
         efficiency_2_workers={m: r["efficiency"][m][2] for m in ("notebook", "batch")},
         efficiency_4_workers={m: r["efficiency"][m][4] for m in ("notebook", "batch")},
+        of_ceiling_2_workers={m: r["of_ceiling"][m][2] for m in ("notebook", "batch")},
+        of_ceiling_4_workers={m: r["of_ceiling"][m][4] for m in ("notebook", "batch")},
     )
     for ratio in r["notebook_over_batch"].values():
         assert 0.5 < ratio < 2
     # linear lr scaling with warm-up: 4 workers learn, far from the majority-class collapse
     for row in rows:
-        if row["workers"] == 4:
+        if row["workers"] == 4 and row["mode"] != "independent":
             assert row["val_accuracy"] > row["majority_rate"] + 0.1, row

@@ -1,0 +1,43 @@
+"""The scaling study's arithmetic: medians per mode and worker count, notebook/batch, and the
+efficiency against the ideal and against the measured ceiling of independent trainings."""
+
+import pytest
+
+from lhccnn import scaling
+
+
+def _row(mode, workers, sps):
+    return {"mode": mode, "workers": workers, "samples_per_s": sps}
+
+
+def test_efficiency_against_the_ideal_and_the_ceiling():
+    rows = [
+        _row("notebook", 1, 1000), _row("batch", 1, 1000), _row("batch", 1, 1100),
+        _row("notebook", 2, 1700), _row("batch", 2, 1800),
+        _row("independent", 2, 1900), _row("independent", 2, 1850), _row("independent", 2, 2000),
+    ]  # fmt: skip
+    r = scaling.ratios(rows)
+    assert r["notebook_over_batch"] == {
+        1: pytest.approx(1000 / 1050),
+        2: pytest.approx(1700 / 1800),
+    }
+    assert r["efficiency"]["batch"][2] == pytest.approx(1800 / (2 * 1050))
+    assert r["of_ceiling"] == {"notebook": {2: 1700 / 1900}, "batch": {2: 1800 / 1900}}
+
+
+def test_no_ceiling_measured_no_ceiling_ratio():
+    rows = [_row("notebook", 1, 1000), _row("batch", 1, 1000)]
+    assert "of_ceiling" not in scaling.ratios(rows)
+
+
+@pytest.mark.slow
+def test_ceiling_run_sums_independent_trainings(tiny_data, tmp_path):
+    from lhccnn.config import TrainConfig
+
+    config = TrainConfig(n_train=512, n_val=128, epochs=2, batch_size=64, warmup_epochs=0.0)
+    row = scaling.ceiling_run(config, 2, tmp_path, data=tiny_data, local=True, n_test=128)
+    assert row["mode"] == "independent" and len(row["task_samples_per_s"]) == 2
+    assert row["samples_per_s"] == pytest.approx(sum(row["task_samples_per_s"]))
+    for i in range(2):  # each trained one rank's share, on its own
+        cfg = (tmp_path / row["out"].split("/")[-1] / f"task{i}" / "config.json").read_text()
+        assert '"n_train": 256' in cfg
