@@ -70,7 +70,7 @@ class Setup:
 
     @property
     def max_epochs(self) -> int:
-        """The most epochs one trial trains: a lineage's length."""
+        """The most epochs one trial trains (a lineage's length)."""
         return self.generations * self.epochs_per_generation
 
     def base(self) -> TrainConfig:
