@@ -765,3 +765,50 @@ def compare_with_random_search(
         )
         rows[-1]["pbt_wins"] = rows[-1]["pbt_best_val_loss"] < rows[-1]["random_best_val_loss"]
     return rows
+
+
+# ------------------------------------------------------------------ tables for the notebook
+
+
+def _by_generation(history: list[dict], columns: list[str]):
+    import pandas as pd
+
+    return pd.DataFrame(history).set_index("generation")[columns]
+
+
+def history_table(history: list[dict]):
+    """Per generation (rows of `PBT.history`): the population's mean and best figure of merit
+    and the best member, as a pandas DataFrame."""
+    return _by_generation(history, ["mean_val_loss", "best_val_loss", "best"])
+
+
+def timing_table(history: list[dict]):
+    """Per generation: wall time, the busiest worker's work, the rest of the wall time (the
+    loop's overhead) as seconds and as a fraction, and the time spent on checkpoints."""
+    return _by_generation(
+        history, ["wall_s", "work_s", "overhead_s", "overhead_fraction", "checkpoint_s"]
+    )
+
+
+def lineage_table(lineage, chain: list[str]):
+    """The rows of `PBT.lineage` on the chain `PBT.best_lineage` gives: each ancestor's
+    parents, hyper-parameters and figure of merit."""
+    return lineage.loc[chain, ["parents", "lr", "dropout", "optimizer", "val_loss"]]
+
+
+def member_costs(store: Store, trials) -> str:
+    """One line: the median checkpoint load, checkpoint save and training time per member."""
+    import pandas as pd
+
+    med = pd.DataFrame([store.status(t) for t in trials])[["load_s", "save_s", "train_s"]].median()
+    return (
+        f"checkpoint load median {med.load_s:.3f} s, save {med.save_s:.3f} s, "
+        f"training median {med.train_s:.2f} s per member"
+    )
+
+
+def comparison_table(rows: list[dict]):
+    """`compare_with_random_search`'s rows as a pandas DataFrame, one row per seed."""
+    import pandas as pd
+
+    return pd.DataFrame(rows).set_index("seed")

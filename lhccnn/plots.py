@@ -77,6 +77,39 @@ def training_curves(history: dict, axes=None, label=""):
     return axes
 
 
+def trial_spread(trials, axes=None, bins=15):
+    """Training time and best validation accuracy over a search's trials, as histograms (the
+    paper's Fig. 3); `trials` is a table with `seconds` and `val_accuracy` columns."""
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    axes[0].hist(trials["seconds"], bins=bins)
+    axes[0].set(xlabel="training time per trial [s]", ylabel="trials")
+    axes[1].hist(trials["val_accuracy"], bins=bins)
+    axes[1].set(xlabel="best validation accuracy", ylabel="trials")
+    return axes
+
+
+def trial_curves(store, trial_id: str, axes=None):
+    """`training_curves` of one trial of a study, from the metrics its store holds per epoch."""
+    ms = store.metrics(trial_id)
+    keys = ("loss", "val_loss", "accuracy", "val_accuracy")
+    return training_curves({k: [m[k] for m in ms] for k in keys}, axes)
+
+
+def makespan(m: dict, ax=None):
+    """A search's makespan against the lower bound no schedule can beat, and against a static
+    round-robin assignment of the same trial times (`m` as `hpo.makespan_analysis` gives it)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 4.8))
+    bars = ax.bar(
+        ["lower bound", "load-balanced\n(measured)", "round-robin\n(same times)"],
+        [m["lower_bound"], m["measured"], m["round_robin"]],
+    )
+    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set(ylabel="makespan [s]")
+    return ax
+
+
 def roc(pred: dict, axes=None):
     """ROC of the CNN and of the cut-based baseline, unweighted and weighted by physics weights."""
     if axes is None:

@@ -214,3 +214,28 @@ def test_create_refuses_an_existing_run_and_open_a_folder_without_one(tmp_path):
     with pytest.raises(FileExistsError, match="a PBT run is already there"):
         PBT.create(tmp_path / "run", smoke(), config=PBTConfig(population=3, seed=2))
     assert PBT.open(tmp_path / "run").config == made.config
+
+
+def test_notebook_tables_keep_their_columns_and_the_cost_line_its_wording():
+    from lhccnn.pbt import comparison_table, history_table, member_costs, timing_table
+
+    history = [
+        {"generation": g, "mean_val_loss": 0.6, "best_val_loss": 0.5, "best": f"g00{g}-m01"}
+        | {"wall_s": 2.0, "work_s": 1.5, "overhead_s": 0.5, "overhead_fraction": 0.25}
+        | {"checkpoint_s": 0.1, "workers": 2}
+        for g in range(2)
+    ]
+    assert list(history_table(history).columns) == ["mean_val_loss", "best_val_loss", "best"]
+    assert list(timing_table(history).index) == [0, 1]
+    assert "workers" not in timing_table(history).columns
+    assert list(comparison_table([{"seed": 3, "pbt_wins": True}]).index) == [3]
+
+    class Statuses:  # what member_costs reads of a store
+        times = {"a": (0.01, 0.03, 2.0), "b": (0.02, 0.02, 3.0), "c": (0.03, 0.04, 2.5)}
+
+        def status(self, t):
+            return dict(zip(("load_s", "save_s", "train_s"), self.times[t]))
+
+    assert member_costs(Statuses(), ["a", "b", "c"]) == (
+        "checkpoint load median 0.020 s, save 0.030 s, training median 2.50 s per member"
+    )

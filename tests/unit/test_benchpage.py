@@ -1,0 +1,129 @@
+"""The book's benchmarks page: a section whose benchmark has not run shows the figures of the
+notebook that measures the same thing, said to be the notebook's."""
+
+import matplotlib.pyplot as plt
+import pytest
+from IPython.display import Markdown
+
+from lhccnn import benchpage, results
+
+SCALING_ROWS = [
+    {"mode": mode, "workers": w, "samples_per_s": 700.0 * w + i}
+    for mode in ("notebook", "batch")
+    for w in (1, 2)
+    for i in range(2)
+]
+TEST = {"accuracy": 0.9, "weighted_accuracy": 0.8, "auc": 0.95, "weighted_auc": 0.9}
+# the smallest records the notebooks' last cells write, with the fields the page reads
+NOTEBOOKS = {
+    "01_cluster_startup": {
+        "nodes": 2,
+        "engines": 2,
+        "local": False,
+        "startup_seconds": 7.2,
+        "stop_seconds": 2.1,
+        "tasks": 100,
+        "per_task_ms": 7.5,
+        "jobs_left": [],
+    },
+    "02_horovod_scaling": {
+        "rows": SCALING_ROWS,
+        "ratios": {"notebook_over_batch": {"1": 1.0, "2": 0.99}},  # JSON keys are text
+        "main": {
+            "size": 2,
+            "samples_per_s": 1400.0,
+            "test": {**TEST, "majority_rate": 0.57},
+            "collapsed": False,
+        },
+    },
+    "03_random_search_hpo": {
+        "n_trials": 4,
+        "statuses": {"completed": 3, "diverged": 1},
+        "best": {
+            "trial": "trial-0001",
+            "val_accuracy": 0.91,
+            "optimizer": "Adam",
+            "lr": 0.001,
+            "dropout": 0.2,
+        },
+        "makespan": {"lower_bound": 20.0, "measured": 21.0, "greedy": 21.0, "round_robin": 23.0},
+    },
+    "05_pbt_genetic": {
+        "history": [
+            {"generation": g, "mean_val_loss": 0.6 - g / 10, "best_val_loss": 0.5 - g / 10}
+            for g in range(3)
+        ],
+        "comparison": [
+            {
+                "seed": 0,
+                "pbt_best_val_loss": 0.48,
+                "random_best_val_loss": 0.5,
+                "pbt_epochs": 12,
+                "random_epochs": 12,
+                "pbt_s": 20.0,
+                "random_s": 18.0,
+                "pbt_wins": True,
+            }
+        ],
+        "best_val_loss": 0.48,
+        "pbt_wins": 1,
+        "seeds": 1,
+    },
+}
+# which notebook stands in for each section's benchmark
+STAND_INS = {
+    "throughput": "02",
+    "cluster": "01",
+    "notebook_vs_batch": "02",
+    "random_search": "03",
+    "pbt": "05",
+}
+
+
+def shown(section, where):
+    """A section's parts: the text of its notes, and the tables and figures it shows."""
+    parts = benchpage.SECTIONS[section](benchpage.records(where))
+    notes = [p.data for p in parts if isinstance(p, Markdown)]
+    return notes, [p for p in parts if not isinstance(p, Markdown)]
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.mark.parametrize("section", sorted(STAND_INS))
+def test_a_section_without_its_benchmark_shows_the_notebooks_figures_as_the_notebooks(
+    section, tmp_path
+):
+    for name, record in NOTEBOOKS.items():
+        results.write(name, record, tmp_path)
+    notes, figures = shown(section, tmp_path)
+    assert figures, "the notebook's figures stand in for the missing benchmark's"
+    assert any("`make bench` writes it" in n for n in notes)  # the benchmark is still named
+    assert any(f"notebook {STAND_INS[section]}'s own figures" in n for n in notes)
+    assert not any("make all" in n for n in notes)  # the notebook's record was found
+
+
+def test_sections_with_nothing_recorded_name_the_commands_and_show_only_the_machine(tmp_path):
+    for section in STAND_INS:
+        notes, figures = shown(section, tmp_path)
+        assert not figures
+        assert any("`make bench` writes it" in n for n in notes)
+        assert any("`make all` writes it" in n for n in notes)
+    notes, figures = shown("machine", tmp_path)
+    assert len(figures) == 1 and "`make bench` writes it" in notes[0]  # the book build's
+
+
+def test_a_recorded_benchmark_is_shown_and_its_notebook_beside_it_not_in_its_place(tmp_path):
+    figures = {"start_median_s": 3.0, "stop_median_s": 1.0, "per_task_ms": 6.0, "rows": []}
+    results.write_bench("bench_cluster", "cluster", {"per_task_ms": "< 50"}, figures, tmp_path)
+    results.write("01_cluster_startup", NOTEBOOKS["01_cluster_startup"], tmp_path)
+    notes, figures = shown("cluster", tmp_path)
+    assert notes == ["Notebook 01 records the same kind of figures for its own cluster:"]
+    bench_table, notebook_table = figures
+    assert list(bench_table.data.index) == ["start_median_s", "stop_median_s", "per_task_ms"]
+    assert notebook_table.index.name == "notebook 01"
+    notes, _ = shown("machine", tmp_path)
+    assert notes == []  # the benchmark's machine is known
