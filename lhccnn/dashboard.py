@@ -19,7 +19,7 @@ import time
 import pandas as pd
 
 from .config import OPTIMIZERS, TrainConfig
-from .hpo import run_trial
+from .hpo import run_trial, steering_plan
 from .space import validate_values
 from .store import ENDED, Store, StudyTable
 
@@ -425,6 +425,49 @@ class Dashboard:
         trial_id = self.store.create_trial(dict(hyper))
         self.submit([trial_id])
         return f"{trial_id} added"
+
+    def steer(
+        self,
+        signal_fraction: float,
+        space: dict,
+        rng,
+        after_epochs: int = 2,
+        tol: float = 0.005,
+        timeout: float = 1800,
+    ) -> dict:
+        """Steer as a person watching would, with the Stop and Add trial buttons' own code: once
+        every running trial has trained `after_epochs` epochs, stop those stuck at a one-class
+        rate and add as many trials beside the best one (lhccnn.hpo.steering_plan). Returns the
+        trials stopped and added, and the buttons' messages."""
+        self._wait_for_epochs(after_epochs, timeout)
+        ids = self.store.trial_ids()
+        curves = {
+            t: [m["val_accuracy"] for m in self.store.metrics(t) if "val_accuracy" in m]
+            for t in ids
+        }
+        running = [t for t in ids if self.store.status(t)["status"] == "running"]
+        configs = {t: self.store.config(t) for t in ids}
+        stop, new = steering_plan(
+            curves, running, configs, signal_fraction, space, rng, after_epochs, tol
+        )
+        messages = [self.stop(t) for t in stop] + [self.add(hp) for hp in new]
+        added = sorted(set(self.store.trial_ids()) - set(ids))
+        self.refresh()
+        return {"stopped": stop, "added": added, "messages": messages}
+
+    def _wait_for_epochs(self, epochs: int, timeout: float) -> None:
+        """Until every running trial has `epochs` epochs, or nothing is left to run."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = {t: self.store.status(t)["status"] for t in self.store.trial_ids()}
+            running = [t for t, s in states.items() if s == "running"]
+            if running and all(len(self.store.metrics(t)) >= epochs for t in running):
+                return
+            if not any(s in ("queued", "running") for s in states.values()):
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no running trial reached epoch {epochs} in {timeout:.0f} s")
+            time.sleep(0.5)
 
     def wait(self, trial_ids=None, timeout: float = 600) -> None:
         """Block until the given (default: all submitted) trials' tasks have ended."""

@@ -15,7 +15,7 @@ from .config import ModelConfig, TrainConfig, data_dir
 from .runner import callback, end_attempt, run_attempt
 
 # default_space and sample are the notebooks' hpo.default_space() and hpo.sample()
-from .space import default_space, sample, validate_space  # noqa: F401
+from .space import default_space, near, sample, validate_space  # noqa: F401
 from .store import ENDED, CheckpointError, DriverLock, Store
 
 if TYPE_CHECKING:  # pandas is imported where a table is built, not at import
@@ -356,3 +356,51 @@ def makespan_analysis(durations, engines: int, measured: float | None = None) ->
         out["measured"] = measured
         out["measured_over_lower_bound"] = measured / lower
     return out
+
+
+# ---------------------------------------------------------------------------- steering
+def one_class(accuracy: float, signal_fraction: float, tol: float = 0.005) -> bool:
+    """Whether `accuracy` is what a model answering one class for every event scores: 1 - mean(y)
+    (all background, the majority here) or mean(y) (all signal), within `tol`."""
+    return min(abs(accuracy - (1 - signal_fraction)), abs(accuracy - signal_fraction)) < tol
+
+
+def stuck_trials(
+    curves: dict, signal_fraction: float, after_epochs: int = 2, tol: float = 0.005
+) -> list[str]:
+    """The trials of `curves` (trial id -> validation accuracy per epoch) that have trained at
+    least `after_epochs` epochs and scored a one-class rate in each of the last `after_epochs`:
+    they have learned nothing, and seldom recover (the upstream collapse)."""
+    return [
+        t
+        for t, acc in curves.items()
+        if len(acc) >= after_epochs
+        and all(one_class(a, signal_fraction, tol) for a in acc[len(acc) - after_epochs :])
+    ]
+
+
+def steering_plan(
+    curves: dict,
+    running,
+    configs: dict,
+    signal_fraction: float,
+    space: dict,
+    rng: np.random.Generator,
+    after_epochs: int = 2,
+    tol: float = 0.005,
+) -> tuple[list[str], list[dict]]:
+    """What a person watching the dashboard would do: stop the `running` trials stuck at a
+    one-class rate, and add as many new trials beside the best trial that learns (the highest
+    validation accuracy so far; its lr and dropout perturbed within `space`, the rest kept),
+    or fresh samples of `space` if none learns yet. Returns (trials to stop, new configs)."""
+    stuck = set(stuck_trials(curves, signal_fraction, after_epochs, tol))
+    stop = [t for t in sorted(running) if t in stuck]
+    learning = {
+        t: max(acc)
+        for t, acc in curves.items()
+        if acc and t not in stuck and not one_class(max(acc), signal_fraction, tol)
+    }
+    if not learning:
+        return stop, [sample(space, rng) for _ in stop]
+    best = max(sorted(learning), key=learning.get)
+    return stop, [near(configs[best], space, rng) for _ in stop]
