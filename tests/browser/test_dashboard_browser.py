@@ -89,11 +89,19 @@ def test_dashboard_renders_updates_plots_stops_a_trial_and_adds_one(lab):
             expect(page.locator(".q-grid .slick-cell", has_text="running").first).to_be_visible(
                 timeout=120_000
             )
-            deadline = time.monotonic() + 120
-            while not any(len(store.metrics(t)) >= 1 for t in store.trial_ids()):
-                assert time.monotonic() < deadline, "no trial finished an epoch"
+            # a trial with two epochs behind it, so that its curves have something to show
+            deadline = time.monotonic() + 180
+            while True:
+                trained = [
+                    t
+                    for t in store.trial_ids()
+                    if store.status(t)["status"] == "running" and len(store.metrics(t)) >= 2
+                ]
+                if trained:
+                    break
+                assert time.monotonic() < deadline, "no running trial finished two epochs"
                 time.sleep(0.5)
-            running = next(t for t in store.trial_ids() if store.status(t)["status"] == "running")
+            running = trained[0]
 
             # click its row: the curves panel now plots that trial
             page.locator(".q-grid .slick-row", has_text=running).first.click()
