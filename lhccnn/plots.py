@@ -203,7 +203,7 @@ def pbt_vs_random(rows: list[dict], ax=None):
 
 def study_curves(store, notes=None, ax=None):
     """Validation accuracy per epoch of every trial in a study: the dashboard's curves, static.
-    `notes` (trial id -> a word, e.g. "stopped" or "added") draws those trials bold, so labelled."""
+    `notes` (trial id -> words, e.g. "added by steering") draws those trials bold, so labelled."""
     notes = notes or {}
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.8))
