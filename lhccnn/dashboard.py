@@ -432,13 +432,13 @@ class Dashboard:
         space: dict,
         rng,
         after_epochs: int = 2,
-        tol: float = 0.005,
+        tol: float = 0.01,
         max_added: int | None = None,
         timeout: float = 3600,
     ) -> dict:
         """Steer as a person watching would, with the Stop and Add trial buttons' own code: look
-        at each running trial once, when it has trained `after_epochs` epochs; if it is stuck at a
-        one-class rate, stop it and add a trial beside the best one in its place
+        at each running trial once, when it has trained `after_epochs` epochs; if it is stuck at
+        the majority-class rate, stop it and add a trial beside the best one in its place
         (lhccnn.hpo.steering_plan), at most `max_added` in all (default: as many as the study
         had). Returns once every trial has been looked at or has ended: the trials stopped and
         added, and the buttons' messages."""

@@ -359,23 +359,25 @@ def makespan_analysis(durations, engines: int, measured: float | None = None) ->
 
 
 # ---------------------------------------------------------------------------- steering
-def one_class(accuracy: float, signal_fraction: float, tol: float = 0.005) -> bool:
-    """Whether `accuracy` is what a model answering one class for every event scores: 1 - mean(y)
-    (all background, the majority here) or mean(y) (all signal), within `tol`."""
-    return min(abs(accuracy - (1 - signal_fraction)), abs(accuracy - signal_fraction)) < tol
+def learned_nothing(accuracy: float, signal_fraction: float, tol: float = 0.01) -> bool:
+    """Whether `accuracy` is no better than answering one class for every event: below the
+    majority-class rate, max(mean(y), 1 - mean(y)) (1 - mean(y) here: background), plus `tol`.
+    A model answering "signal" everywhere scores mean(y), below that rate, and is caught too."""
+    return accuracy < max(signal_fraction, 1 - signal_fraction) + tol
 
 
 def stuck_trials(
-    curves: dict, signal_fraction: float, after_epochs: int = 2, tol: float = 0.005
+    curves: dict, signal_fraction: float, after_epochs: int = 2, tol: float = 0.01
 ) -> list[str]:
     """The trials of `curves` (trial id -> validation accuracy per epoch) that have trained at
-    least `after_epochs` epochs and scored a one-class rate in each of the last `after_epochs`:
-    they have learned nothing, and seldom recover (the upstream collapse)."""
+    least `after_epochs` epochs and learned nothing (`learned_nothing`) in each of the last
+    `after_epochs`: stuck at the majority-class rate, they seldom recover (the upstream
+    collapse)."""
     return [
         t
         for t, acc in curves.items()
         if len(acc) >= after_epochs
-        and all(one_class(a, signal_fraction, tol) for a in acc[len(acc) - after_epochs :])
+        and all(learned_nothing(a, signal_fraction, tol) for a in acc[len(acc) - after_epochs :])
     ]
 
 
@@ -387,18 +389,19 @@ def steering_plan(
     space: dict,
     rng: np.random.Generator,
     after_epochs: int = 2,
-    tol: float = 0.005,
+    tol: float = 0.01,
 ) -> tuple[list[str], list[dict]]:
-    """What a person watching the dashboard would do: stop the `running` trials stuck at a
-    one-class rate, and add as many new trials beside the best trial that learns (the highest
-    validation accuracy so far; its lr and dropout perturbed within `space`, the rest kept),
-    or fresh samples of `space` if none learns yet. Returns (trials to stop, new configs)."""
+    """What a person watching the dashboard would do: stop the `running` trials stuck at the
+    majority-class rate (`stuck_trials`), and add as many new trials beside the best trial that
+    learns (the highest validation accuracy so far; its lr and dropout perturbed within `space`,
+    the rest kept), or fresh samples of `space` if none learns yet. Returns (trials to stop,
+    new configs)."""
     stuck = set(stuck_trials(curves, signal_fraction, after_epochs, tol))
     stop = [t for t in sorted(running) if t in stuck]
     learning = {
         t: max(acc)
         for t, acc in curves.items()
-        if acc and t not in stuck and not one_class(max(acc), signal_fraction, tol)
+        if acc and t not in stuck and not learned_nothing(max(acc), signal_fraction, tol)
     }
     if not learning:
         return stop, [sample(space, rng) for _ in stop]

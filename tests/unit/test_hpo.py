@@ -8,8 +8,8 @@ import pytest
 
 from lhccnn.config import smoke
 from lhccnn.hpo import (
+    learned_nothing,
     makespan_analysis,
-    one_class,
     predicted_cost,
     run_trials,
     steering_plan,
@@ -153,16 +153,17 @@ class _Done:
 SIGNAL = 0.4258  # mean(y): all background scores 0.5742, all signal 0.4258
 
 
-def test_one_class_rate_is_either_class_rate_within_the_tolerance():
-    assert one_class(0.5742, SIGNAL) and one_class(0.4258, SIGNAL)
-    assert one_class(0.5780, SIGNAL, tol=0.005) and not one_class(0.5800, SIGNAL, tol=0.005)
-    assert not one_class(0.93, SIGNAL)
+def test_learned_nothing_is_at_most_the_majority_class_rate_plus_the_tolerance():
+    assert learned_nothing(0.5742, SIGNAL) and learned_nothing(0.4258, SIGNAL)  # either class
+    assert learned_nothing(0.5605, SIGNAL)  # between them: worse than answering background
+    assert learned_nothing(0.5830, SIGNAL, tol=0.01) and not learned_nothing(0.5850, SIGNAL)
+    assert not learned_nothing(0.93, SIGNAL)
 
 
-def test_stuck_trials_scored_a_one_class_rate_in_each_of_their_last_epochs():
+def test_stuck_trials_learned_nothing_in_each_of_their_last_epochs():
     curves = {
         "t0": [0.5742, 0.5742],  # stuck at the majority-class rate
-        "t1": [0.4258, 0.4260],  # stuck predicting signal for everything
+        "t1": [0.4258, 0.5650],  # signal for everything, then just below the majority rate
         "t2": [0.5742, 0.81],  # left the plateau: learning
         "t3": [0.5742],  # one epoch only: too early to say
         "t4": [0.88, 0.5742],  # collapsed in its last epoch only
