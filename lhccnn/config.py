@@ -136,7 +136,6 @@ SMOKE = {
         "epochs": 6,
         "n_train": 2048,
         "n_val": 512,
-        "demo_steering": True,
     },
     "05_pbt_genetic": {
         "population": 4,

@@ -19,7 +19,7 @@ import time
 import pandas as pd
 
 from .config import OPTIMIZERS, TrainConfig
-from .hpo import run_trial
+from .hpo import run_trial, steering_plan
 from .space import validate_values
 from .store import ENDED, Store, StudyTable
 
@@ -426,6 +426,54 @@ class Dashboard:
         self.submit([trial_id])
         return f"{trial_id} added"
 
+    def steer(
+        self,
+        signal_fraction: float,
+        space: dict,
+        rng,
+        after_epochs: int = 2,
+        tol: float = 0.01,
+        max_added: int | None = None,
+        timeout: float = 3600,
+    ) -> dict:
+        """Steer as a person watching would, with the Stop and Add trial buttons' own code: look
+        at each running trial once, when it has trained `after_epochs` epochs; if it is stuck at
+        the majority-class rate, stop it and add a trial beside the best one in its place
+        (lhccnn.hpo.steering_plan), at most `max_added` in all (default: as many as the study
+        had). Returns once every trial has been looked at or has ended: the trials stopped and
+        added, and the buttons' messages."""
+        budget = len(self.store.trial_ids()) if max_added is None else max_added
+        seen, done = set(), {"stopped": [], "added": [], "messages": []}
+        deadline = time.monotonic() + timeout
+        while True:
+            ids = self.store.trial_ids()
+            states = {t: self.store.status(t)["status"] for t in ids}
+            curves = {t: _val_accuracies(self.store.metrics(t)) for t in ids}
+            due = [
+                t
+                for t in ids
+                if t not in seen and states[t] == "running" and len(curves[t]) >= after_epochs
+            ]
+            if due:
+                configs = {t: self.store.config(t) for t in ids}
+                stop, new = steering_plan(
+                    curves, due, configs, signal_fraction, space, rng, after_epochs, tol
+                )
+                new = new[: budget - len(done["added"])]
+                done["messages"] += [self.stop(t) for t in stop] + [self.add(hp) for hp in new]
+                done["stopped"] += stop
+                done["added"] += sorted(set(self.store.trial_ids()) - set(ids))
+                seen.update(due)
+                self.refresh()
+                continue
+            if not any(
+                s == "queued" or (s == "running" and t not in seen) for t, s in states.items()
+            ):
+                return done
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"steering: trials still unchecked after {timeout:.0f} s")
+            time.sleep(0.5)
+
     def wait(self, trial_ids=None, timeout: float = 600) -> None:
         """Block until the given (default: all submitted) trials' tasks have ended."""
         deadline = time.monotonic() + timeout
@@ -463,6 +511,10 @@ def _cells(row: dict) -> dict:
             v = round(v, ROUNDED[c])
         cells[c] = v
     return cells
+
+
+def _val_accuracies(metrics: list[dict]) -> list[float]:
+    return [m["val_accuracy"] for m in metrics if m.get("val_accuracy") is not None]
 
 
 def _number(v) -> float | None:

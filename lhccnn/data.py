@@ -215,6 +215,15 @@ class Shard:
         return self.stop - self.start
 
 
+def signal_fraction(path, n=None) -> float:
+    """mean(y) of a file's first `n` events (all if None), the events a validation reads: a
+    model that answers one class scores this (all signal) or 1 - this (all background)."""
+    with _open(path) as f:
+        _check_structure(f, os.fspath(path))
+        y = f[GROUP]["y"][:n]
+    return float(np.mean(y))
+
+
 def shard_range(n_total, rank, size, n=None) -> Shard:
     """This rank's block of the first min(n, n_total) events, split into `size` equal blocks.
 

@@ -7,20 +7,11 @@ the search space (lhccnn.hpo) gives each key's domain.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from .space import Choice, IntRange, LogUniform, Uniform, sample  # noqa: F401 (ga.sample)
+from .space import perturb, sample  # noqa: F401 (ga.sample)
 
 __all__ = ["sample", "mutate", "crossover", "fitness", "select_parents", "elite", "breed"]
-
-
-def _clip(dim, v):
-    if isinstance(dim, IntRange):
-        return int(min(max(round(v), dim.low), dim.high))
-    # ranges are half-open [low, high): stay just inside the top
-    return float(min(max(v, dim.low), np.nextafter(dim.high, dim.low)))
 
 
 def mutate(
@@ -35,15 +26,10 @@ def mutate(
     for key, dim in space.items():
         if rng.random() >= rate:
             continue
-        if isinstance(dim, Choice):
-            out[key] = dim.sample(rng)
-        elif isinstance(dim, (Uniform, LogUniform, IntRange)):
-            v = out[key] * math.exp(scale * rng.standard_normal())
-            if isinstance(dim, Uniform) and out[key] == 0:  # a product cannot leave zero
-                v = dim.sample(rng)
-            out[key] = _clip(dim, v)
-        else:
-            raise TypeError(f"{key}: unknown dimension type {type(dim).__name__}")
+        try:
+            out[key] = perturb(dim, out[key], rng, scale)
+        except TypeError as e:
+            raise TypeError(f"{key}: {e}") from None
     return out
 
 

@@ -15,7 +15,7 @@ from .config import ModelConfig, TrainConfig, data_dir
 from .runner import callback, end_attempt, run_attempt
 
 # default_space and sample are the notebooks' hpo.default_space() and hpo.sample()
-from .space import default_space, sample, validate_space  # noqa: F401
+from .space import default_space, near, sample, validate_space  # noqa: F401
 from .store import ENDED, CheckpointError, DriverLock, Store
 
 if TYPE_CHECKING:  # pandas is imported where a table is built, not at import
@@ -356,3 +356,54 @@ def makespan_analysis(durations, engines: int, measured: float | None = None) ->
         out["measured"] = measured
         out["measured_over_lower_bound"] = measured / lower
     return out
+
+
+# ---------------------------------------------------------------------------- steering
+def learned_nothing(accuracy: float, signal_fraction: float, tol: float = 0.01) -> bool:
+    """Whether `accuracy` is no better than answering one class for every event: below the
+    majority-class rate, max(mean(y), 1 - mean(y)) (1 - mean(y) here: background), plus `tol`.
+    A model answering "signal" everywhere scores mean(y), below that rate, and is caught too."""
+    return accuracy < max(signal_fraction, 1 - signal_fraction) + tol
+
+
+def stuck_trials(
+    curves: dict, signal_fraction: float, after_epochs: int = 2, tol: float = 0.01
+) -> list[str]:
+    """The trials of `curves` (trial id -> validation accuracy per epoch) that have trained at
+    least `after_epochs` epochs and learned nothing (`learned_nothing`) in each of the last
+    `after_epochs`: stuck at the majority-class rate, they seldom recover (the upstream
+    collapse)."""
+    return [
+        t
+        for t, acc in curves.items()
+        if len(acc) >= after_epochs
+        and all(learned_nothing(a, signal_fraction, tol) for a in acc[len(acc) - after_epochs :])
+    ]
+
+
+def steering_plan(
+    curves: dict,
+    running,
+    configs: dict,
+    signal_fraction: float,
+    space: dict,
+    rng: np.random.Generator,
+    after_epochs: int = 2,
+    tol: float = 0.01,
+) -> tuple[list[str], list[dict]]:
+    """What a person watching the dashboard would do: stop the `running` trials stuck at the
+    majority-class rate (`stuck_trials`), and add as many new trials beside the best trial that
+    learns (the highest validation accuracy so far; its lr and dropout perturbed within `space`,
+    the rest kept), or fresh samples of `space` if none learns yet. Returns (trials to stop,
+    new configs)."""
+    stuck = set(stuck_trials(curves, signal_fraction, after_epochs, tol))
+    stop = [t for t in sorted(running) if t in stuck]
+    learning = {
+        t: max(acc)
+        for t, acc in curves.items()
+        if acc and t not in stuck and not learned_nothing(max(acc), signal_fraction, tol)
+    }
+    if not learning:
+        return stop, [sample(space, rng) for _ in stop]
+    best = max(sorted(learning), key=learning.get)
+    return stop, [near(configs[best], space, rng) for _ in stop]

@@ -239,22 +239,24 @@ def pbt_vs_random(rows: list[dict], ax=None):
     return ax
 
 
-def study_curves(store, highlight=None, ax=None):
-    """Validation accuracy per epoch of every trial in a study: the dashboard's curves, static."""
+def study_curves(store, notes=None, ax=None):
+    """Validation accuracy per epoch of every trial in a study: the dashboard's curves, static.
+    `notes` (trial id -> words, e.g. "added by steering") draws those trials bold, so labelled."""
+    notes = notes or {}
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.8))
     for t in store.trial_ids():
         ms = store.metrics(t)
         if not ms:
             continue
-        bold = t == highlight
+        bold = t in notes
         ax.plot(
             [m["epoch"] for m in ms],
             [m.get("val_accuracy") for m in ms],
             "o-" if bold else ".-",
             lw=2.5 if bold else 1,
             alpha=1 if bold else 0.6,
-            label=f"{t} ({store.status(t).get('status')})" + (" steered" if bold else ""),
+            label=f"{t} ({store.status(t).get('status')})" + (f" {notes[t]}" if bold else ""),
         )
     ax.set(xlabel="epoch", ylabel="validation accuracy")
     ax.legend(fontsize=7, ncol=2)

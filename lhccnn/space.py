@@ -176,3 +176,30 @@ def space_from_dict(d: dict) -> dict:
 def sample(space: dict, rng: np.random.Generator) -> dict:
     """One point of the space, a value per dimension."""
     return {name: dim.sample(rng) for name, dim in space.items()}
+
+
+def clip(dim, value):
+    """A number brought inside a range dimension (IntRange: rounded; half-open ranges: kept just
+    below `high`)."""
+    if isinstance(dim, IntRange):
+        return int(min(max(round(value), dim.low), dim.high))
+    return float(min(max(value, dim.low), np.nextafter(dim.high, dim.low)))
+
+
+def perturb(dim, value, rng: np.random.Generator, scale: float = 0.25):
+    """A value near `value`: a range's value times a log-normal factor (sigma `scale`; from zero,
+    which no factor can leave, a fresh sample), clipped into the range; a choice resampled."""
+    if isinstance(dim, Choice):
+        return dim.sample(rng)
+    if not isinstance(dim, (Uniform, LogUniform, IntRange)):
+        raise TypeError(f"unknown dimension type {type(dim).__name__}")
+    v = value * math.exp(scale * rng.standard_normal())
+    if isinstance(dim, Uniform) and value == 0:
+        v = dim.sample(rng)
+    return clip(dim, v)
+
+
+def near(hp: dict, space: dict, rng: np.random.Generator, keys=("lr", "dropout"), scale=0.25):
+    """A new point beside `hp`: the `keys` perturbed within their domains in `space`, every other
+    value (the architecture, say) kept. Returns a new dict."""
+    return {**hp, **{k: perturb(space[k], hp[k], rng, scale) for k in keys}}

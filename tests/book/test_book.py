@@ -2,10 +2,11 @@
 every chapter's figures and widgets in its page."""
 
 import re
+import struct
 
 import pytest
 
-from lhccnn.config import notebooks
+from lhccnn.config import REPO, notebooks
 
 CHAPTERS = [p.stem for p in notebooks()]
 
@@ -14,7 +15,7 @@ EXPECTED = {
     "01_cluster_startup": (1, False),
     "02_horovod_scaling": (3, False),
     "03_random_search_hpo": (4, False),
-    "04_widget_hpo": (1, True),
+    "04_widget_hpo": (2, True),  # the dashboard's screenshot and the curves
     "05_pbt_genetic": (4, True),
 }
 
@@ -58,6 +59,7 @@ def test_chapters_end_with_a_summary_and_exercises_and_the_footer_has_this_proje
 INCLUDED = {
     "02_horovod_scaling": "scaled_lr",
     "03_random_search_hpo": "run_attempt",
+    "04_widget_hpo": "steering_plan",
     "05_pbt_genetic": "breed",
 }
 
@@ -74,3 +76,15 @@ def test_no_broken_internal_links(book_html):
     for page in html.rglob("*.html"):
         for href in re.findall(r'href="([^"#:?]+\.html)(?:#[^"]*)?"', page.read_text()):
             assert (page.parent / href).resolve().exists(), f"{page.relative_to(html)} -> {href}"
+
+
+def test_chapter_04_shows_the_browser_tests_screenshot_of_the_live_dashboard():
+    # a saved page cannot run the widgets: the chapter shows the dashboard as Chromium drew it
+    source = (REPO / "notebooks" / "04_widget_hpo.ipynb").read_text()
+    assert "```{figure} /book/images/04_dashboard.png" in source
+    assert "tests/browser/test_dashboard_browser.py" in source  # says where the picture is from
+    png = (REPO / "book" / "images" / "04_dashboard.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", png[16:24])
+    assert width >= 800 and height >= 400, (width, height)
+    assert 20_000 < len(png) < 1_500_000

@@ -1,6 +1,10 @@
 """Notebook 04 in a real JupyterLab in a real Chromium: the table renders and updates, a click on
-a row plots that trial, and Stop really stops it. A screenshot is kept in results/browser/."""
+a row plots that trial, Stop really stops it and Add trial adds one. Screenshots are kept in
+results/browser/; with LHCCNN_BOOK_SCREENSHOT=1 the dashboard's is also written to the book
+(book/images/04_dashboard.png, which chapter 04 shows)."""
 
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -11,7 +15,9 @@ from browser_lab import ARGS, CHROMIUM, jupyter_lab, run_notebook
 
 from lhccnn.config import results_dir
 
-NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "04_widget_hpo.ipynb"
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOK = REPO / "notebooks" / "04_widget_hpo.ipynb"
+BOOK_SCREENSHOT = REPO / "book" / "images" / "04_dashboard.png"
 
 
 @pytest.fixture
@@ -62,7 +68,7 @@ def _engines_since(t0: float) -> list:
     return found
 
 
-def test_dashboard_renders_updates_plots_and_stops_a_trial(lab):
+def test_dashboard_renders_updates_plots_stops_a_trial_and_adds_one(lab):
     from playwright.sync_api import expect, sync_playwright
 
     from lhccnn.store import Store
@@ -83,11 +89,19 @@ def test_dashboard_renders_updates_plots_and_stops_a_trial(lab):
             expect(page.locator(".q-grid .slick-cell", has_text="running").first).to_be_visible(
                 timeout=120_000
             )
-            deadline = time.monotonic() + 120
-            while not any(len(store.metrics(t)) >= 1 for t in store.trial_ids()):
-                assert time.monotonic() < deadline, "no trial finished an epoch"
+            # a trial with two epochs behind it, so that its curves have something to show
+            deadline = time.monotonic() + 180
+            while True:
+                trained = [
+                    t
+                    for t in store.trial_ids()
+                    if store.status(t)["status"] == "running" and len(store.metrics(t)) >= 2
+                ]
+                if trained:
+                    break
+                assert time.monotonic() < deadline, "no running trial finished two epochs"
                 time.sleep(0.5)
-            running = next(t for t in store.trial_ids() if store.status(t)["status"] == "running")
+            running = trained[0]
 
             # click its row: the curves panel now plots that trial
             page.locator(".q-grid .slick-row", has_text=running).first.click()
@@ -108,6 +122,16 @@ def test_dashboard_renders_updates_plots_and_stops_a_trial(lab):
                 )
             ).to_be_visible(timeout=30_000)
             page.screenshot(path=str(shots / "dashboard-stopped.png"))
+
+            # Add trial: a fourth row, made from the form (the stopped trial's own values)
+            page.get_by_role("button", name="Add trial").click()
+            expect(rows).to_have_count(4, timeout=30_000)
+            expect(page.get_by_text("trial-0004 added")).to_be_visible(timeout=30_000)
+            assert len(store.trial_ids()) == 4
+            dashboard = page.locator(".jp-OutputArea-output", has=page.locator(".q-grid")).first
+            dashboard.screenshot(path=str(shots / "dashboard.png"))
+            if os.environ.get("LHCCNN_BOOK_SCREENSHOT") == "1":
+                shutil.copy(shots / "dashboard.png", BOOK_SCREENSHOT)
         except Exception:
             page.screenshot(path=str(shots / "dashboard-failure.png"))
             raise

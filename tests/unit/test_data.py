@@ -317,3 +317,10 @@ def test_streaming_reads_bounded_blocks(events, monkeypatch):
     ds, shard = data.make_dataset(events, 8, block_size=16)
     assert sorted(epoch_ids(ds)) == list(range(96))
     assert max(reads) <= 16 and sum(reads) == 96 and len(reads) == 6
+
+
+def test_signal_fraction_is_the_mean_label_of_the_first_n_events(tmp_path):
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 0], dtype=np.int8)
+    path = write_events(tmp_path / "val.h5", n=8, y=y)
+    assert data.signal_fraction(path) == pytest.approx(3 / 8)
+    assert data.signal_fraction(path, n=4) == pytest.approx(3 / 4)

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from lhccnn.config import smoke
-from lhccnn.hpo import makespan_analysis, predicted_cost, run_trials, trial_config
+from lhccnn.hpo import (
+    learned_nothing,
+    makespan_analysis,
+    predicted_cost,
+    run_trials,
+    steering_plan,
+    stuck_trials,
+    trial_config,
+)
 from lhccnn.space import (
     Choice,
     IntRange,
@@ -16,6 +24,7 @@ from lhccnn.space import (
     default_space,
     sample,
     validate_space,
+    validate_values,
 )
 from lhccnn.store import Store
 
@@ -138,3 +147,60 @@ class _Done:
 
     def get(self):
         return {"status": "completed"}
+
+
+# ---------------------------------------------------------------- steering (notebook 04)
+SIGNAL = 0.4258  # mean(y): all background scores 0.5742, all signal 0.4258
+
+
+def test_learned_nothing_is_at_most_the_majority_class_rate_plus_the_tolerance():
+    assert learned_nothing(0.5742, SIGNAL) and learned_nothing(0.4258, SIGNAL)  # either class
+    assert learned_nothing(0.5605, SIGNAL)  # between them: worse than answering background
+    assert learned_nothing(0.5830, SIGNAL, tol=0.01) and not learned_nothing(0.5850, SIGNAL)
+    assert not learned_nothing(0.93, SIGNAL)
+
+
+def test_stuck_trials_learned_nothing_in_each_of_their_last_epochs():
+    curves = {
+        "t0": [0.5742, 0.5742],  # stuck at the majority-class rate
+        "t1": [0.4258, 0.5650],  # signal for everything, then just below the majority rate
+        "t2": [0.5742, 0.81],  # left the plateau: learning
+        "t3": [0.5742],  # one epoch only: too early to say
+        "t4": [0.88, 0.5742],  # collapsed in its last epoch only
+        "t5": [],
+    }
+    assert stuck_trials(curves, SIGNAL, after_epochs=2) == ["t0", "t1"]
+    assert stuck_trials(curves, SIGNAL, after_epochs=1) == ["t0", "t1", "t3", "t4"]
+
+
+def test_steering_stops_only_running_stuck_trials_and_adds_as_many_beside_the_best():
+    space = default_space()
+    configs = {t: sample(space, np.random.default_rng(i)) for i, t in enumerate("abcd")}
+    curves = {
+        "a": [0.5742, 0.5742],
+        "b": [0.70, 0.86],  # the best that learns
+        "c": [0.5742, 0.5742, 0.5742],  # stuck but already ended (diverged): nothing to stop
+        "d": [0.60, 0.75],
+    }
+    stop, new = steering_plan(
+        curves, ["a", "b", "d"], configs, SIGNAL, space, np.random.default_rng(0)
+    )
+    assert stop == ["a"]
+    (hp,) = new
+    kept = {k: v for k, v in configs["b"].items() if k not in ("lr", "dropout")}
+    assert {k: v for k, v in hp.items() if k in kept} == kept
+    assert hp["lr"] != configs["b"]["lr"] and 0.25 < hp["lr"] / configs["b"]["lr"] < 4
+    validate_values(hp)
+
+
+def test_steering_samples_afresh_when_no_trial_learns_and_does_nothing_when_none_is_stuck():
+    space = default_space()
+    configs = {t: sample(space, np.random.default_rng(i)) for i, t in enumerate("ab")}
+    rng = np.random.default_rng(9)
+    fresh = [sample(space, rng) for _ in range(2)]
+    stuck = {"a": [0.5742, 0.5742], "b": [0.4258, 0.4258]}
+    plan = steering_plan(stuck, ["a", "b"], configs, SIGNAL, space, np.random.default_rng(9))
+    assert plan == (["a", "b"], fresh)
+    learning = {"a": [0.7, 0.8], "b": [0.6, 0.9]}
+    plan = steering_plan(learning, ["a", "b"], configs, SIGNAL, space, np.random.default_rng(9))
+    assert plan == ([], [])

@@ -9,6 +9,7 @@ from lhccnn.space import (
     Choice,
     LogUniform,
     default_space,
+    near,
     sample,
     validate_space,
     validate_values,
@@ -43,3 +44,17 @@ def test_sampling_follows_the_dimensions_and_their_ranges():
     space = {"lr": LogUniform(1e-4, 1e-2), "optimizer": Choice(("Adam",))}
     hp = sample(space, np.random.default_rng(0))
     assert list(hp) == ["lr", "optimizer"] and 1e-4 <= hp["lr"] < 1e-2 and hp["optimizer"] == "Adam"
+
+
+def test_near_perturbs_only_the_given_keys_and_stays_in_their_domains():
+    space = default_space()
+    hp = {**sample(space, np.random.default_rng(0)), "lr": 2.9e-2, "dropout": 0.01}
+    rng = np.random.default_rng(1)
+    points = [near(hp, space, rng, scale=2.0) for _ in range(200)]
+    for p in points:
+        assert {k: v for k, v in p.items() if k not in ("lr", "dropout")} == {
+            k: v for k, v in hp.items() if k not in ("lr", "dropout")
+        }
+        assert 1e-4 <= p["lr"] < 3e-2 and 0 <= p["dropout"] < 0.7
+    assert len({p["lr"] for p in points}) > 100  # really perturbed (those above 3e-2 clipped)
+    assert hp["lr"] == 2.9e-2  # the original is left alone
