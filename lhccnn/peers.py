@@ -397,10 +397,16 @@ def run_optuna(setup: Setup, seed: int, folder: Path, data=None) -> dict:
     spawn = multiprocessing.get_context("spawn")  # TensorFlow is not fork-safe
     t = time.perf_counter()
     procs = [spawn.Process(target=_optuna_worker, args=(ctx, w)) for w in range(setup.workers)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    finally:  # interrupted: no worker outlives the run
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(10)
     wall = time.perf_counter() - t
     bad = [p.exitcode for p in procs if p.exitcode != 0]
     if bad:
@@ -612,6 +618,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    import signal
+
+    # a SIGTERM (kill, a batch job's end) ends Python at once, skipping the `finally` blocks that
+    # stop Ray and the engines, whose processes would then outlive the run: make it an exit
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     a = parse_args(argv)
     try:
         setup = Setup(**{f.name: getattr(a, f.name) for f in dataclasses.fields(Setup)})
