@@ -132,6 +132,10 @@ class Ledger:
     def rows(self) -> list[dict]:
         return read_lines(self._rows)
 
+    def trained(self, trial: str) -> int:
+        """Epochs `trial` itself trained (not those it inherited with a checkpoint)."""
+        return sum(r["trial"] == trial for r in self.rows())
+
 
 # ---------------------------------------------------------------------------- one trial
 class EpochTrainer:
@@ -212,7 +216,9 @@ def _clip(dims: dict, config: dict) -> dict:
 
 def _ray_trial(config: dict, ctx: dict) -> None:
     """A Tune function trainable: restore Tune's checkpoint if it gave one, then train an epoch
-    per claim until the trial has trained a lineage's epochs, reporting and checkpointing each."""
+    per claim until this trial has trained a lineage's epochs itself, reporting and
+    checkpointing each. Counted per trial, not along the lineage: a trial that PBT restarts
+    from a member further on would otherwise train less, and the population its budget short."""
     import tempfile
 
     from ray import tune
@@ -225,7 +231,7 @@ def _ray_trial(config: dict, ctx: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as d:
             trainer.restore(pickle.loads((Path(d) / "state.pkl").read_bytes()))
-    while trainer.epochs < ctx["max_epochs"] and ledger.claim(trial):
+    while ledger.trained(trial) < ctx["max_epochs"] and ledger.claim(trial):
         metrics = trainer.epoch()
         ledger.record(trial, **metrics, hp=hp)
         with tempfile.TemporaryDirectory() as d:

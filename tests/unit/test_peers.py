@@ -62,7 +62,10 @@ def test_ledger_gives_out_exactly_the_budget_to_competing_processes(tmp_path):
     ledger = peers.Ledger(tmp_path, 300)
     assert ledger.spent() == 300 and not ledger.claim("late")
     ledger.record("t1", val_loss=0.5, train_s=1.0)
-    assert [r["trial"] for r in ledger.rows()] == ["t1"]
+    ledger.record("t2", val_loss=0.4, train_s=1.0)
+    ledger.record("t1", val_loss=0.3, train_s=1.0)
+    assert [r["trial"] for r in ledger.rows()] == ["t1", "t2", "t1"]
+    assert ledger.trained("t1") == 2 and ledger.trained("t3") == 0  # its own epochs, per trial
 
 
 def test_perturbed_values_are_clipped_into_the_space():
