@@ -132,6 +132,11 @@ class Ledger:
     def rows(self) -> list[dict]:
         return read_lines(self._rows)
 
+    def done(self) -> bool:
+        """Every epoch of the budget trained and recorded. Not merely claimed: a search ended
+        when the last claim is made would kill that epoch's training half-way."""
+        return len(self.rows()) >= self.budget
+
     def trained(self, trial: str) -> int:
         """Epochs `trial` itself trained (not those it inherited with a checkpoint)."""
         return sum(r["trial"] == trial for r in self.rows())
@@ -298,7 +303,7 @@ def run_ray(method: str, setup: Setup, seed: int, folder: Path, data=None) -> di
                 return False
 
             def stop_all(self):
-                return ledger.spent() >= setup.budget
+                return ledger.done()
 
         ctx = {
             "ledger": str(ledger.folder),
@@ -331,7 +336,8 @@ def run_ray(method: str, setup: Setup, seed: int, folder: Path, data=None) -> di
             raise RuntimeError(f"{method}: {len(errors)} trial(s) failed; first: {errors[0]}")
     finally:
         ray.shutdown()
-    return _figures(method, ledger.rows(), wall, startup_s, setup, trials=len(results))
+    rows = ledger.rows()  # trials that trained: ASHA's unstarted samples end without training
+    return _figures(method, rows, wall, startup_s, setup, trials=len({r["trial"] for r in rows}))
 
 
 # ---------------------------------------------------------------------------- Optuna

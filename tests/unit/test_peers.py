@@ -61,6 +61,7 @@ def test_ledger_gives_out_exactly_the_budget_to_competing_processes(tmp_path):
     assert sum(claimed) == 300, claimed
     ledger = peers.Ledger(tmp_path, 300)
     assert ledger.spent() == 300 and not ledger.claim("late")
+    assert not ledger.done()  # claimed, not trained: a search must not be ended yet
     ledger.record("t1", val_loss=0.5, train_s=1.0)
     ledger.record("t2", val_loss=0.4, train_s=1.0)
     ledger.record("t1", val_loss=0.3, train_s=1.0)
@@ -171,3 +172,12 @@ def test_a_run_again_keeps_finished_rows_and_redoes_the_rest(tmp_path, monkeypat
         (1, "ray_asha"),
     ]
     assert again[0] == first[0] and len(again) == 4
+
+
+def test_ledger_is_done_when_the_budget_is_trained_not_when_it_is_claimed(tmp_path):
+    ledger = peers.Ledger(tmp_path, 2)
+    assert ledger.claim("a") and ledger.claim("b") and not ledger.claim("c")
+    ledger.record("a", val_loss=0.5, train_s=1.0)
+    assert not ledger.done()  # b's epoch is still training
+    ledger.record("b", val_loss=0.4, train_s=1.0)
+    assert ledger.done()
