@@ -59,11 +59,14 @@ def test_02_horovod_scaling(local, slurm, smoke_runs, tiny_data, tmp_path, monke
     assert sorted((r["mode"], r["workers"]) for r in rec["rows"]) == [
         ("batch", 1),
         ("batch", 2),
+        ("independent", 2),  # the ceiling, measured beside the runs above one worker
         ("notebook", 1),
         ("notebook", 2),
     ]
     for ratio in rec["ratios"]["notebook_over_batch"].values():
         assert 0.3 < ratio < 3  # sanity only; the measured figures are in the non-smoke run
+    for mode in ("notebook", "batch"):  # sanity: Horovod cannot beat independent trainings by far
+        assert 0.3 < rec["ratios"]["of_ceiling"][mode]["2"] < 1.5, rec["ratios"]
     assert (out / "02_horovod_main" / "model.h5").exists()
     assert slurm_cli.queue() == []
 
