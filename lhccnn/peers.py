@@ -190,6 +190,19 @@ class EpochTrainer:
         self.epochs = state["epochs"]
 
 
+def _context(setup: Setup, seed: int, ledger: Ledger, data, **more) -> dict:
+    """What a peer's trial needs in its own process (plain values: Ray and spawn pickle it)."""
+    return {
+        "ledger": str(ledger.folder),
+        "budget": setup.budget,
+        "base": setup.base(),
+        "seed": seed,
+        "data": str(data or data_dir()),
+        "max_epochs": setup.max_epochs,
+        **more,
+    }
+
+
 # ---------------------------------------------------------------------------- Ray Tune
 def _ray_space(dims: dict, mutations: bool = False) -> dict:
     """lhccnn domains as Tune's; for PBT's mutations a choice is a list, which Tune perturbs
@@ -305,14 +318,7 @@ def run_ray(method: str, setup: Setup, seed: int, folder: Path, data=None) -> di
             def stop_all(self):
                 return ledger.done()
 
-        ctx = {
-            "ledger": str(ledger.folder),
-            "budget": setup.budget,
-            "base": setup.base(),
-            "seed": seed,
-            "data": str(data or data_dir()),
-            "max_epochs": setup.max_epochs,
-        }
+        ctx = _context(setup, seed, ledger, data)
         trainable = tune.with_resources(tune.with_parameters(_ray_trial, ctx=ctx), {"cpu": 1})
         tuner = tune.Tuner(
             trainable,
@@ -397,15 +403,7 @@ def run_optuna(setup: Setup, seed: int, folder: Path, data=None) -> dict:
     ledger = Ledger(folder / "ledger", setup.budget)
     storage = str(folder / "optuna.journal")
     optuna.create_study(study_name="peers", storage=_optuna_storage(storage), direction="minimize")
-    ctx = {
-        "ledger": str(ledger.folder),
-        "budget": setup.budget,
-        "base": setup.base(),
-        "seed": seed,
-        "data": str(data or data_dir()),
-        "max_epochs": setup.max_epochs,
-        "storage": storage,
-    }
+    ctx = _context(setup, seed, ledger, data, storage=storage)
     spawn = multiprocessing.get_context("spawn")  # TensorFlow is not fork-safe
     t = time.perf_counter()
     procs = [spawn.Process(target=_optuna_worker, args=(ctx, w)) for w in range(setup.workers)]
