@@ -15,11 +15,12 @@ RUN recipes/minislurm/install.sh && rm -rf /var/lib/apt/lists/*
 # Behind a TLS-intercepting proxy pip needs the host's CA bundle: `make container` passes it as
 # the secret "cacert" (docker build --secret id=cacert,src=FILE), never stored in the image.
 # README.md is only the package's long description here: an empty stand-in keeps edits of the
-# docs from rebuilding the environment (COPY . . brings the real one).
+# docs from rebuilding the environment (COPY . . brings the real one). The [peers] extra (Ray
+# Tune, Optuna) is installed too: the image's CMD is the whole suite, whose peer benchmark needs it.
 COPY constraints.txt pyproject.toml Makefile ./
 COPY lhccnn/__init__.py lhccnn/__init__.py
 RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=cacert \
-    if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi; touch README.md && make env
+    if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi; touch README.md && make env peers-env
 COPY . .
 RUN make data
 

@@ -35,7 +35,10 @@ def test_dockerfile_builds_on_debian_12_with_the_environment_before_the_code():
     assert re.search(r"^FROM debian:12$", DOCKERFILE, flags=re.M), "the base must be debian:12"
     joined = re.sub(r"\\\n\s*", " ", DOCKERFILE)  # continuation lines as one
     steps = re.findall(r"^(COPY|RUN) (.+)$", joined, flags=re.M)
-    env = next(i for i, (k, v) in enumerate(steps) if k == "RUN" and v.endswith("make env"))
+    # the whole stack, the [peers] extra included: the image's CMD is the whole suite
+    env = next(
+        i for i, (k, v) in enumerate(steps) if k == "RUN" and v.endswith("make env peers-env")
+    )
     assert "--mount=type=cache,target=/root/.cache/pip" in steps[env][1]  # Horovod's wheel kept
     code = steps.index(("COPY", ". ."))
     assert env < code, "the environment must be built before the code is copied"
