@@ -358,8 +358,11 @@ class PBT:
             "space": given["space"] and space_to_dict(given["space"]),
             "config": given["config"] and dataclasses.asdict(given["config"]),
         }
+        # a run written before a TrainConfig field existed holds that field's default
+        stored = dict(meta, base=TrainConfig.from_dict(meta["base"]).to_dict())
         for key, value in as_dicts.items():
-            if value is not None and json.loads(json.dumps(value)) != meta[key]:
+            plain = json.loads(json.dumps(stored[key]))
+            if value is not None and json.loads(json.dumps(value)) != plain:
                 raise ValueError(
                     f"{self.root / 'pbt.json'} already holds a PBT run with another {key}; "
                     f"open it with PBT.open({str(self.root)!r}) or use a new directory"

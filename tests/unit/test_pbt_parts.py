@@ -239,3 +239,19 @@ def test_notebook_tables_keep_their_columns_and_the_cost_line_its_wording():
     assert member_costs(Statuses(), ["a", "b", "c"]) == (
         "checkpoint load median 0.020 s, save 0.030 s, training median 2.50 s per member"
     )
+
+
+def test_a_run_written_before_a_config_field_existed_reopens_with_the_same_base(tmp_path):
+    import json
+
+    from lhccnn.config import smoke
+    from lhccnn.pbt import PBT
+
+    PBT(tmp_path, smoke(), config=PBTConfig(population=3, seed=1))
+    meta = json.loads((tmp_path / "pbt.json").read_text())
+    del meta["base"]["precision"]  # as an older lhccnn wrote it
+    (tmp_path / "pbt.json").write_text(json.dumps(meta))
+    again = PBT(tmp_path, smoke(), config=PBTConfig(population=3, seed=1))  # not refused
+    assert again.base == smoke()
+    with pytest.raises(ValueError, match="another base"):
+        PBT(tmp_path, smoke().replace(precision="mixed_bfloat16"), config=again.config)
