@@ -118,7 +118,7 @@ class Ledger:
 
     def claim(self, trial: str) -> bool:
         with locked(self._lock):
-            if len(read_lines(self._claims)) >= self.budget:
+            if self.spent() >= self.budget:
                 return False
             append_line(self._claims, {"trial": trial, "time": time.time()})
             return True
