@@ -283,6 +283,9 @@ def _start_ray(cpus: int, tries: int = 3) -> None:
             print(f"Ray did not start ({e}); try {attempt + 1} of {tries}", file=sys.stderr)
 
 
+STRICT = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
+
+
 def run_ray(method: str, setup: Setup, seed: int, folder: Path, data=None) -> dict:
     """Ray Tune's PBT or ASHA on `setup.workers` CPUs, one per trial, in a local Ray."""
     import ray
@@ -292,10 +295,15 @@ def run_ray(method: str, setup: Setup, seed: int, folder: Path, data=None) -> di
 
     dims = space()
     ledger = Ledger(folder / "ledger", setup.budget)
-    t = time.perf_counter()
-    _start_ray(setup.workers)
-    startup_s = time.perf_counter() - t
+    # A trial Tune starts after the last epoch was claimed trains and reports nothing, which
+    # Tune's strict check takes for a missing metric and fails the search with; the check is
+    # read from the driver's environment each time, so it is switched off for this search only.
+    strict = os.environ.get(STRICT)
+    os.environ[STRICT] = "1"
     try:
+        t = time.perf_counter()
+        _start_ray(setup.workers)  # inside `try`: a SIGTERM while Ray starts still shuts it down
+        startup_s = time.perf_counter() - t
         random.seed(seed)  # Tune's PBT draws its perturbations from `random`, in this process
         if method == "ray_pbt":
             scheduler = PopulationBasedTraining(
@@ -342,6 +350,10 @@ def run_ray(method: str, setup: Setup, seed: int, folder: Path, data=None) -> di
             raise RuntimeError(f"{method}: {len(errors)} trial(s) failed; first: {errors[0]}")
     finally:
         ray.shutdown()
+        if strict is None:
+            del os.environ[STRICT]
+        else:
+            os.environ[STRICT] = strict
     rows = ledger.rows()  # trials that trained: ASHA's unstarted samples end without training
     return _figures(method, rows, wall, startup_s, setup, trials=len({r["trial"] for r in rows}))
 
@@ -478,12 +490,17 @@ def _figures(method: str, rows: list[dict], wall: float, startup_s: float, setup
     }
 
 
-class PeakMemory:
-    """The largest resident memory of this process and all its descendants together, sampled
-    every `every` seconds while in the `with` block (Ray's and Optuna's workers included)."""
+class Watch:
+    """The processes a method starts, watched every `every` seconds while in the `with` block:
+    the largest resident memory of this process and its descendants together (`peak`, Ray's
+    and Optuna's workers included), and, with `reap`, an end to those of its processes that
+    outlive the block by `grace` seconds (Ray's agents can outlive its shutdown on a loaded
+    machine, and once the raylet is gone they are no longer anyone's children here)."""
 
-    def __init__(self, every: float = 0.25):
-        self.every, self.peak, self._done = every, 0, threading.Event()
+    def __init__(self, every: float = 0.25, reap: bool = False, grace: float = 10.0):
+        self.every, self.reap, self.grace = every, reap, grace
+        self.peak, self.started, self.reaped = 0, {}, []
+        self._done = threading.Event()
 
     def _sample(self):
         import psutil
@@ -495,17 +512,32 @@ class PeakMemory:
                 try:
                     total += p.memory_info().rss
                 except psutil.Error:
-                    pass  # ended meanwhile
+                    continue  # ended meanwhile
+                if p.pid not in self._before:
+                    self.started.setdefault(p.pid, p)
             self.peak = max(self.peak, total)
 
     def __enter__(self):
+        import psutil
+
+        self._before = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc):
+        import psutil
+
         self._done.set()
         self._thread.join()
+        if self.reap:
+            _, alive = psutil.wait_procs(list(self.started.values()), timeout=self.grace)
+            for p in alive:
+                try:
+                    self.reaped.append(p.name())
+                    p.kill()
+                except psutil.Error:
+                    pass  # ended meanwhile
 
 
 def run(setup: Setup, seeds, methods, folder, data=None, say=print) -> list[dict]:
@@ -531,13 +563,16 @@ def run(setup: Setup, seeds, methods, folder, data=None, say=print) -> list[dict
                 shutil.rmtree(where, ignore_errors=True)  # what a cut-short run left
                 if method.startswith("lhccnn") and cluster is None:
                     cluster = _lhccnn_workers(setup.workers, say)
-                with PeakMemory() as mem:
+                # lhccnn's engines are started before and serve every run: not reaped
+                with Watch(reap=not method.startswith("lhccnn")) as mem:
                     if method.startswith("lhccnn"):
                         row = run_lhccnn(method, setup, seed, where, cluster.dask(), data)
                     elif method.startswith("ray"):
                         row = run_ray(method, setup, seed, where, data)
                     else:
                         row = run_optuna(setup, seed, where, data)
+                if mem.reaped:
+                    say(f"seed {seed} {method}: ended what it left running: {mem.reaped}")
                 row.update(seed=seed, peak_rss_mib=mem.peak / 2**20, setup=plan)
                 append_line(log, row)
                 rows.append(row)
@@ -633,6 +668,9 @@ def main(argv=None) -> int:
     # a SIGTERM (kill, a batch job's end) ends Python at once, skipping the `finally` blocks that
     # stop Ray and the engines, whose processes would then outlive the run: make it an exit
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    # and Ray's C++ core would put abseil's failure handler before it, which ends the process
+    # with status 1 (or aborts it 3 s on) without running them; Ray reads this on import
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     a = parse_args(argv)
     try:
         setup = Setup(**{f.name: getattr(a, f.name) for f in dataclasses.fields(Setup)})

@@ -8,6 +8,7 @@ import math
 import multiprocessing
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -181,3 +182,19 @@ def test_ledger_is_done_when_the_budget_is_trained_not_when_it_is_claimed(tmp_pa
     assert not ledger.done()  # b's epoch is still training
     ledger.record("b", val_loss=0.4, train_s=1.0)
     assert ledger.done()
+
+
+def test_watch_ends_what_a_method_left_running_and_nothing_older():
+    older = subprocess.Popen(["sleep", "60"])
+    try:
+        with peers.Watch(every=0.05, reap=True, grace=0.5) as w:
+            left = subprocess.Popen(["sleep", "60"])  # a helper its shutdown missed
+            ended = subprocess.Popen(["true"])
+            ended.wait()
+            time.sleep(0.3)
+        assert left.wait(timeout=5) == -9 and w.reaped == ["sleep"]
+        assert older.poll() is None  # there before the block: not the method's
+        assert w.peak > 0
+    finally:
+        older.kill()
+        left.kill()
