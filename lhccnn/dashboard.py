@@ -162,6 +162,7 @@ class Dashboard:
             layout=w.Layout(width="50%", height="320px"),
         )
         self.hyper.observe(lambda change: self._refresh_scatter(), "value")
+        self._refresh_scatter()  # a study opened with results shows them before any change
 
     def _build_controls(self) -> list:
         """Steering: the three buttons, their message line, and the form they read."""
@@ -283,7 +284,13 @@ class Dashboard:
         if self.points.scales["x"] is not scale:
             self.points.scales = {**self.points.scales, "x": scale}
             self._x_axis.scale = scale
-        self.points.x = [float(r[key]) for r in done]
+        x = [float(r[key]) for r in done]
+        if key == "lr" and x:  # whole decades, labelled at 1 and 3 of each
+            scale.min, scale.max, ticks = _decade_ticks(x)
+            self._x_axis.tick_values = ticks
+        elif key != "lr":
+            self._x_axis.tick_values = None
+        self.points.x = x
         self.points.y = [float(r["val_accuracy"]) for r in done]
 
     def _on_select(self, event, grid):
@@ -515,6 +522,15 @@ def _cells(row: dict) -> dict:
 
 def _val_accuracies(metrics: list[dict]) -> list[float]:
     return [m["val_accuracy"] for m in metrics if m.get("val_accuracy") is not None]
+
+
+def _decade_ticks(values: list[float]) -> tuple[float, float, list[float]]:
+    """A log axis over whole decades around `values`, and its labels at 1 and 3 of each decade:
+    a handful of round values where d3 would label all nine multiples of every decade."""
+    lo, hi = math.floor(math.log10(min(values))), math.ceil(math.log10(max(values)))
+    hi = max(hi, lo + 1)
+    ticks = [float(f"{m}e{k}") for k in range(lo, hi) for m in (1, 3)] + [float(f"1e{hi}")]
+    return ticks[0], ticks[-1], ticks
 
 
 def _number(v) -> float | None:

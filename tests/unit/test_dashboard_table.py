@@ -39,3 +39,20 @@ def test_trials_added_elsewhere_appear_in_the_table(tmp_path):
     dash.refresh()
     assert list(dash.shown().index) == [first, second]
     assert dash.shown().at[second, "lr"] == 0.001
+
+
+def test_the_lr_axis_labels_a_few_round_values_not_every_multiple(tmp_path):
+    """d3's log axis labels every multiple of each decade (1e-3, 2e-3, ... 9e-3), which crowded
+    the scatter's lr axis into one smear in the book's screenshot."""
+    store = Store(tmp_path)
+    for lr in (2e-4, 7e-4, 5e-3):
+        t = store.create_trial({"lr": lr, "dropout": 0.2})
+        a = store.begin_attempt(t, engine="0", engine_id=0)
+        a.append_metrics({"epoch": 1, "loss": 0.6, "val_loss": 0.5, "val_accuracy": 0.75})
+    dash = Dashboard(Store(tmp_path))
+    assert len(dash.points.x) == 3  # opened on a study with results: shown before any change
+    scale = dash.points.scales["x"]
+    assert (scale.min, scale.max) == (1e-4, 1e-2)  # whole decades around the points
+    assert list(dash._x_axis.tick_values) == [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+    dash.hyper.value = "dropout"  # a linear axis: d3's own ticks again
+    assert dash._x_axis.tick_values is None
