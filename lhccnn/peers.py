@@ -339,7 +339,11 @@ def run_ray(method: str, setup: Setup, seed: int, folder: Path, data=None) -> di
                 search_alg=BasicVariantGenerator(random_state=seed),
             ),
             run_config=tune.RunConfig(
-                storage_path=str(folder / "ray"), name=method, stop=Budget(), verbose=0
+                # an absolute path: Tune reads a relative one as a URI without a scheme
+                storage_path=str(Path(folder, "ray").resolve()),
+                name=method,
+                stop=Budget(),
+                verbose=0,
             ),
         )
         t = time.perf_counter()
