@@ -109,7 +109,7 @@ class Ledger:
     trains more than its budget), and each trained epoch is one row."""
 
     def __init__(self, folder, budget: int):
-        self.folder = Path(folder)
+        self.folder = Path(folder).resolve()  # Ray runs each trial in a folder of its own
         self.folder.mkdir(parents=True, exist_ok=True)
         self.budget = budget
         self._lock = self.folder / "ledger.lock"
@@ -197,7 +197,7 @@ def _context(setup: Setup, seed: int, ledger: Ledger, data, **more) -> dict:
         "budget": setup.budget,
         "base": setup.base(),
         "seed": seed,
-        "data": str(data or data_dir()),
+        "data": str(Path(data).resolve() if data else data_dir()),
         "max_epochs": setup.max_epochs,
         **more,
     }
@@ -517,7 +517,7 @@ class Watch:
                     total += p.memory_info().rss
                 except psutil.Error:
                     continue  # ended meanwhile
-                if p.pid not in self._before:
+                if p.pid not in self._before and not _lives_with_python(p):
                     self.started.setdefault(p.pid, p)
             self.peak = max(self.peak, total)
 
@@ -542,6 +542,17 @@ class Watch:
                     p.kill()
                 except psutil.Error:
                     pass  # ended meanwhile
+
+
+def _lives_with_python(p) -> bool:
+    """multiprocessing's resource tracker: started by the first spawn (Optuna's workers here),
+    it serves this process until it exits, not the method that happened to start it."""
+    import psutil
+
+    try:
+        return "multiprocessing.resource_tracker" in " ".join(p.cmdline())
+    except psutil.Error:
+        return False
 
 
 def run(setup: Setup, seeds, methods, folder, data=None, say=print) -> list[dict]:

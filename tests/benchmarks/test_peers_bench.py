@@ -19,8 +19,11 @@ SETUP = peers.Setup() if FULL else peers.Setup(population=2, generations=2, n_tr
 SEEDS = [0, 1, 2] if FULL else [0]
 
 
-def test_every_method_trains_exactly_its_budget(tmp_path, capsys):
-    rows = peers.run(SETUP, SEEDS, peers.METHODS, tmp_path)
+def test_every_method_trains_exactly_its_budget(tmp_path, monkeypatch):
+    # a relative folder, as `lhccnn peers --out results/peers` gives it: Ray runs each trial in
+    # a folder of its own, where a relative ledger would be another, unlimited ledger
+    monkeypatch.chdir(tmp_path)
+    rows = peers.run(SETUP, SEEDS, peers.METHODS, Path("peers"))
     peers.write(SETUP, rows)
     assert {(r["method"], r["seed"]) for r in rows} == {
         (m, s) for m in peers.METHODS for s in SEEDS
