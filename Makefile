@@ -98,7 +98,7 @@ lint: env  ## ruff (lint, format check at 100 columns) and the import-linter lay
 test-unit: env  ## the unit tier only: fast, no cluster
 	@$(PY) -m pytest -q -ra tests/unit $(PYTEST_ARGS)
 
-bench: env peers-env data slurm-start  ## benchmarks at full size (~45 min: PBT 19, scale 14): tables, results/bench*.json
+bench: env peers-env data slurm-start  ## benchmarks at full size (~80 min: PBT 19, peers 33, scale 14): tables, results/bench*.json
 	@LHCCNN_BENCH=full $(PY) -m pytest -q -s tests/benchmarks $(PYTEST_ARGS)
 
 container:  ## build the image from the Dockerfile with podman (no daemon; makes its debian:12 base if no registry has it)

@@ -198,3 +198,15 @@ def test_watch_ends_what_a_method_left_running_and_nothing_older():
     finally:
         older.kill()
         left.kill()
+
+
+def test_the_run_recorded_for_the_book_is_a_full_one():
+    """The book's peers page reads this run: notebook 05's whole problem, three seeds or more,
+    every method having trained exactly its budget."""
+    record = json.loads(peers.RECORDED.read_text())
+    assert record["setup"] == dataclasses.asdict(peers.Setup())
+    for method in peers.METHODS:
+        rows = [r for r in record["rows"] if r["method"] == method]
+        assert len({r["seed"] for r in rows}) >= 3, method
+        assert all(r["epochs"] == r["budget"] == peers.Setup().budget for r in rows), method
+    assert record["summary"] == peers.summarize(record["rows"])
