@@ -754,8 +754,8 @@ def table(record: dict):
                 "lhccnn PBT as good, seeds": s.get("reference_as_good_seeds", ""),
             }
         )
-    seconds = ["wall s (median)", "overhead s (median)", "peak memory MiB"]
-    return pd.DataFrame(out).set_index("method").round(4).round({c: 1 for c in seconds})
+    one_decimal = ["wall s (median)", "overhead s (median)", "peak memory MiB"]
+    return pd.DataFrame(out).set_index("method").round(4).round({c: 1 for c in one_decimal})
 
 
 def reading(record: dict) -> str:
