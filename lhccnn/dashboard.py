@@ -159,7 +159,7 @@ class Dashboard:
                 self._x_axis,
                 bq.Axis(scale=ys, orientation="vertical", label="best val accuracy"),
             ],
-            layout=w.Layout(width="50%", height="320px"),
+            layout=w.Layout(width="100%", height="320px"),  # of its box, half the page
         )
         self.hyper.observe(lambda change: self._refresh_scatter(), "value")
         self._refresh_scatter()  # a study opened with results shows them before any change
@@ -285,7 +285,7 @@ class Dashboard:
             self.points.scales = {**self.points.scales, "x": scale}
             self._x_axis.scale = scale
         x = [float(r[key]) for r in done]
-        if key == "lr" and x:  # whole decades, labelled at 1 and 3 of each
+        if key == "lr" and x:  # whole decades, labelled at each
             scale.min, scale.max, ticks = _decade_ticks(x)
             self._x_axis.tick_values = ticks
         elif key != "lr":
@@ -525,11 +525,10 @@ def _val_accuracies(metrics: list[dict]) -> list[float]:
 
 
 def _decade_ticks(values: list[float]) -> tuple[float, float, list[float]]:
-    """A log axis over whole decades around `values`, and its labels at 1 and 3 of each decade:
-    a handful of round values where d3 would label all nine multiples of every decade."""
+    """A log axis over whole decades around `values`, labelled at each decade: a handful of
+    round values where d3 would label all nine multiples of every decade."""
     lo, hi = math.floor(math.log10(min(values))), math.ceil(math.log10(max(values)))
-    hi = max(hi, lo + 1)
-    ticks = [float(f"{m}e{k}") for k in range(lo, hi) for m in (1, 3)] + [float(f"1e{hi}")]
+    ticks = [float(f"1e{k}") for k in range(lo, max(hi, lo + 1) + 1)]
     return ticks[0], ticks[-1], ticks
 
 
