@@ -517,8 +517,9 @@ class Watch:
                     total += p.memory_info().rss
                 except psutil.Error:
                     continue  # ended meanwhile
-                if p.pid not in self._before and not _lives_with_python(p):
-                    self.started.setdefault(p.pid, p)
+                new = p.pid not in self._before and p.pid not in self.started
+                if new and not _lives_with_python(p):  # its command line read once, not each time
+                    self.started[p.pid] = p
             self.peak = max(self.peak, total)
 
     def __enter__(self):
