@@ -22,7 +22,10 @@ COPY lhccnn/__init__.py lhccnn/__init__.py
 RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=cacert \
     if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi; touch README.md && make env peers-env
 COPY . .
-RUN make data
+# The layer above is reused while its files' contents are unchanged, but make compares times, and a
+# fresh clone's files are newer than its stamps: mark the environment current (in this order, as
+# make needs), or every later make would reinstall it, without the proxy CA the build was given.
+RUN touch .venv/.installed && touch .venv/.peers && make data
 
 # The entrypoint starts munge + slurmctld + slurmd nodes, then runs the command.
 ENTRYPOINT ["recipes/minislurm/entrypoint.sh"]

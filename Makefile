@@ -17,10 +17,14 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 # ranks that share cores: Open MPI's busy-polling would steal them from TensorFlow (bench: ~1.5x)
 export OMPI_MCA_mpi_yield_when_idle := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
-# Horovod must build against TensorFlow, MPI and Gloo, and nothing else (DESIGN §3)
 # what `make container-test` runs inside the image (CI's budget: the whole suite runs natively)
 CONTAINER_TESTS ?= tests/unit tests/notebooks/test_notebooks.py::test_01_cluster_startup \
                    tests/cluster/test_minislurm.py tests/cluster/test_horovod.py
+# pip's output without its venv-location warnings; pip's own failure still fails the target (a
+# reinstall that cannot reach PyPI must not leave the old environment stamped as current)
+PIP_LOG = 2>&1 | { grep -v '^WARNING: Location' || true; } || { \
+  echo "error: pip failed (its messages above); behind a TLS-intercepting proxy, set PIP_CERT to its CA bundle"; exit 1; }
+# Horovod must build against TensorFlow, MPI and Gloo, and nothing else (DESIGN §3)
 HOROVOD_FLAGS := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
                  HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1
 
@@ -39,13 +43,13 @@ env: system $(VENV)/.installed  ## the virtual environment with the pinned stack
 $(VENV)/.installed: constraints.txt pyproject.toml
 	@echo "== environment: $(VENV) (first time: ~10 min, mostly building Horovod)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PIP) install -q --upgrade pip setuptools wheel 2>&1 | grep -v '^WARNING: Location' || true
-	@$(PIP) install -q -c constraints.txt -e '.[tf,cluster,widgets,dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PIP) install -q --upgrade pip setuptools wheel $(PIP_LOG)
+	@$(PIP) install -q -c constraints.txt -e '.[tf,cluster,widgets,dev]' $(PIP_LOG)
 	@$(PY) -c 'import tensorflow, h5py, ipyparallel, mpi4py, bqplot, qgridnext, papermill, playwright' || { \
 	  echo "error: the Python stack did not install (see pip's messages above)"; exit 1; }
 	@$(VENV)/bin/horovodrun --check-build 2>/dev/null | grep -q '\[X\] TensorFlow' || { \
 	  echo "== building Horovod with TensorFlow, MPI and Gloo (~5 min on 2 cores)"; \
-	  $(HOROVOD_FLAGS) $(PIP) install -q --no-build-isolation -c constraints.txt horovod 2>&1 | grep -v '^WARNING: Location' || true; }
+	  $(HOROVOD_FLAGS) $(PIP) install -q --no-build-isolation -c constraints.txt horovod $(PIP_LOG); }
 	@$(VENV)/bin/horovodrun --check-build > $(VENV)/horovod-build.txt
 	@for need in TensorFlow MPI Gloo; do grep -q "\[X\] $$need" $(VENV)/horovod-build.txt || { \
 	  cat $(VENV)/horovod-build.txt; echo "error: Horovod lacks $$need support; needs Debian libopenmpi-dev and cmake, then: rm -rf $(VENV) && make env"; exit 1; }; done
@@ -54,7 +58,7 @@ $(VENV)/.installed: constraints.txt pyproject.toml
 peers-env: env $(VENV)/.peers  ## the [peers] extra (Ray Tune, Optuna) for the peer benchmark
 
 $(VENV)/.peers: $(VENV)/.installed
-	@$(PIP) install -q -c constraints.txt -e '.[peers]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PIP) install -q -c constraints.txt -e '.[peers]' $(PIP_LOG)
 	@$(PY) -c 'import ray.tune, optuna' || { echo "error: the [peers] extra did not install"; exit 1; }
 	@touch $@
 
