@@ -12,7 +12,7 @@ import numpy as np
 
 from .cluster import allocation_ended
 from .config import ModelConfig, TrainConfig, data_dir
-from .runner import callback, end_attempt, run_attempt
+from .runner import callback, end_attempt, run_attempt, slice_end
 
 # default_space and sample are the notebooks' hpo.default_space() and hpo.sample()
 from .space import default_space, near, sample, validate_space  # noqa: F401
@@ -50,9 +50,12 @@ def run_trial(
     data: str | None = None,
     n_test: int | None = 2048,
     work=None,
+    epochs_per_task: int | None = None,
 ) -> dict:
     """Run one attempt at a trial on this engine (see lhccnn.runner): train, write metrics,
     verified checkpoints and the status to the store; return the status record.
+    `epochs_per_task`: train at most this many epochs, then hand the trial back "queued" for
+    its next task (`run_trials`); None trains it to the end.
 
     Resumes from the trial's last verified checkpoint (weights and optimizer state) if an
     earlier attempt got part of the way; a checkpoint that does not verify restarts the trial
@@ -63,14 +66,18 @@ def run_trial(
     """
     if work is not None:
         return run_attempt(
-            store_root, trial_id, lambda attempt: work.train_trial(attempt, base.epochs)
+            store_root,
+            trial_id,
+            lambda attempt: work.train_trial(attempt, base.epochs, epochs_per_task),
         )
     return run_attempt(
-        store_root, trial_id, lambda attempt: _train_trial(attempt, base, data, n_test)
+        store_root,
+        trial_id,
+        lambda attempt: _train_trial(attempt, base, data, n_test, epochs_per_task),
     )
 
 
-def _train_trial(attempt, base: TrainConfig, data, n_test) -> dict:
+def _train_trial(attempt, base: TrainConfig, data, n_test, epochs_per_task=None) -> dict:
     import tensorflow as tf
 
     from . import train
@@ -104,7 +111,8 @@ def _train_trial(attempt, base: TrainConfig, data, n_test) -> dict:
             pipes = train.pipelines(config, data, seed=config.seed)
 
     cb = callback(attempt, optimizer=config.model.optimizer)
-    train.fit(model, pipes, config.epochs, initial_epoch=start_epoch, callbacks=[cb])
+    until = slice_end(start_epoch, config.epochs, epochs_per_task)
+    train.fit(model, pipes, until, initial_epoch=start_epoch, callbacks=[cb])
     # earlier attempts that ended cleanly (a stop) recorded their seconds; add this one's
     end = {"seconds": (st.get("seconds") or 0) + time.perf_counter() - t0}
     task_started = st.get("task_started") or time.time()
@@ -112,6 +120,8 @@ def _train_trial(attempt, base: TrainConfig, data, n_test) -> dict:
         return end_attempt(attempt, "diverged", task_started, reason="loss became NaN", **end)
     if cb.stopped:
         return end_attempt(attempt, "stopped", task_started, reason="stopped by request", **end)
+    if until < config.epochs:  # this task's slice is done: the trial waits for its next
+        return end_attempt(attempt, "queued", task_started, **end)
     end["test"] = train.evaluate(model, data / "test.h5", n=n_test)
     if train.collapsed(end["test"]["accuracy"], end["test"]["majority_rate"]):
         return end_attempt(
@@ -216,6 +226,7 @@ def run_trials(
     no_engines_grace: float = 30.0,
     poll: float = 0.2,
     work=None,
+    epochs_per_task: int | None = None,
 ):
     """Submit existing trials to a load-balanced view and wait for all, with a progress bar.
 
@@ -229,7 +240,21 @@ def run_trials(
     seconds, or `timeout` passed) is marked failed with the reason; a trial that another live
     attempt runs is watched through its heartbeat and re-submitted if that attempt dies.
     `work`: simulated training for scale benchmarks (see `run_trial`).
+
+    `epochs_per_task`: each task trains at most this many epochs of a trial, from its
+    checkpoint, and the trial goes to the back of the queue for the rest. The engines then
+    finish within about one slice of each other, where whole trials leave some idle for up to
+    a trial's length at the end; each slice pays a checkpoint load and a model build.
     """
+    if epochs_per_task is not None and (
+        isinstance(epochs_per_task, bool)
+        or not isinstance(epochs_per_task, int)
+        or epochs_per_task < 1
+    ):
+        raise ValueError(
+            f"epochs_per_task must be a whole number >= 1, or None (whole trials), "
+            f"got {epochs_per_task!r}"
+        )
     from tqdm.auto import tqdm
 
     data = str(data) if data else None
@@ -238,7 +263,9 @@ def run_trials(
     def submit(ids):
         with view.temp_flags(retries=retries):
             return {
-                view.apply_async(run_trial, str(store.root), t, base, data, n_test, work): t
+                view.apply_async(
+                    run_trial, str(store.root), t, base, data, n_test, work, epochs_per_task
+                ): t
                 for t in ids
             }
 
@@ -263,7 +290,8 @@ def run_trials(
                 except Exception as e:  # the task could not run: retries spent on dead engines
                     st = store.fail(t, f"{type(e).__name__}: {e}")
                 if st.get("status") in ("queued", "running"):
-                    watched.add(t)  # run live by another attempt, or re-queued meanwhile
+                    # its slice done, run live by another attempt, or re-queued meanwhile
+                    watched.add(t)
                     continue
                 bar.set_postfix_str(f"{t}: {st['status']}")
                 bar.update()
@@ -325,8 +353,12 @@ def makespan_from_store(store: Store, engines: int) -> dict:
     st = [s for s in st if "task_seconds" in s]
     if not st:
         raise ValueError(f"no finished trial in {store.root}")
-    span = max(s["finished"] for s in st) - min(s["task_started"] for s in st)
-    st.sort(key=lambda s: s["task_started"])  # ~ submission order, which round-robin follows
+
+    def started(s):  # a trial trained in slices keeps its first task's start
+        return s.get("first_task_started", s["task_started"])
+
+    st.sort(key=started)  # ~ submission order, which round-robin follows
+    span = max(s["finished"] for s in st) - started(st[0])
     return makespan_analysis([s["task_seconds"] for s in st], engines, measured=span)
 
 

@@ -322,23 +322,17 @@ def control_plane_at_scale(record: dict, axes=None):
     ax = axes[2]
     m = record.get("makespan")
     if m:
-        names = [
-            "lower\nbound",
-            "no schedule\nbeats",
-            "measured",
-            "longest\nfirst",
-            "round-\nrobin",
-        ]
-        bars = ax.bar(
-            names,
-            [
-                m["lower_bound"],
-                m["pigeonhole_bound"],
-                m["measured"],
-                m["longest_first"],
-                m["round_robin"],
-            ],
-        )
+        bars = {
+            "lower\nbound": m["lower_bound"],
+            "no schedule\nbeats": m["pigeonhole_bound"],
+            "whole trials\n(measured)": m["measured"],
+            "longest\nfirst": m["longest_first"],
+            "round-\nrobin": m["round_robin"],
+        }
+        sliced = record.get("makespan_sliced")
+        if sliced:  # the same trials, one epoch per task (its own bound differs a little)
+            bars["an epoch per\ntask (measured)"] = sliced["measured"]
+        bars = ax.bar(list(bars), list(bars.values()))
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
         ax.set(
             ylabel="makespan [s]",

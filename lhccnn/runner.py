@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -26,12 +27,13 @@ log = logging.getLogger(__name__)
 def engine_identity() -> tuple[str | None, int | None]:
     """(a label of where this runs, the IPyParallel engine id or None): the engine id on an
     IPyParallel engine, the worker's address on a Dask worker, nothing elsewhere."""
-    try:
-        from distributed import get_worker
-
-        return get_worker().address, None
-    except (ImportError, ValueError):
-        pass
+    # a Dask worker has imported distributed; importing it anywhere else only to ask costs an
+    # IPyParallel engine's first task seconds (about 8 s with 64 engines on 2 cores)
+    if "distributed" in sys.modules:
+        try:
+            return sys.modules["distributed"].get_worker().address, None
+        except ValueError:  # not inside a worker's task
+            pass
     try:
         from IPython import get_ipython
 
@@ -98,10 +100,23 @@ def run_attempt(store_root, trial_id: str, body) -> dict:
                 return {**store.status(trial_id), "ran": False}
 
 
+def slice_end(start: int, epochs: int, epochs_per_task: int | None) -> int:
+    """The epoch a task that starts after epoch `start` trains to: the trial's last, or
+    `epochs_per_task` later if that comes first."""
+    return epochs if epochs_per_task is None else min(epochs, start + epochs_per_task)
+
+
 def end_attempt(attempt: Attempt, status: str, task_started: float, **fields) -> dict:
-    """End an attempt with its finish time and the task's seconds since `task_started`."""
+    """End an attempt with its finish time and the trial's seconds in tasks: this one's since
+    `task_started`, plus those of its earlier slices. Status "queued" ends a slice (a trial
+    trained a few epochs per task): the trial waits for its next, and keeps its first start."""
     now = time.time()
-    return attempt.finish(status, finished=now, task_seconds=now - task_started, **fields)
+    st = attempt.store.status(attempt.trial_id)
+    busy = st.get("slice_seconds", 0.0) + now - task_started
+    if status == "queued":
+        first = st.get("first_task_started", task_started)
+        return attempt.finish(status, slice_seconds=busy, first_task_started=first, **fields)
+    return attempt.finish(status, finished=now, task_seconds=busy, **fields)
 
 
 def callback(attempt: Attempt, epoch_offset: int = 0, optimizer: str | None = None):

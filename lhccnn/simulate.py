@@ -23,7 +23,7 @@ from importlib import resources
 
 import numpy as np
 
-from .runner import end_attempt
+from .runner import end_attempt, slice_end
 from .store import CheckpointError
 
 LABEL = "simulated work"
@@ -128,9 +128,11 @@ class SimulatedWork:
             save_s += time.perf_counter() - t
         return {**row, "stopped": False, "save_s": save_s, "progress": model.progress}
 
-    def train_trial(self, attempt, epochs: int) -> dict:
+    def train_trial(self, attempt, epochs: int, epochs_per_task: int | None = None) -> dict:
         """An HPO trial of `epochs` epochs (hpo.run_trial's body): resumes from its verified
-        checkpoint, or from scratch if that does not verify."""
+        checkpoint, or from scratch if that does not verify; trains at most `epochs_per_task`
+        of them in this task."""
+
         store, trial_id = attempt.store, attempt.trial_id
         st = store.status(trial_id)
         model, start = _Weights(self.checkpoint_bytes), 0
@@ -143,7 +145,7 @@ class SimulatedWork:
         out = self.train(
             attempt,
             store.config(trial_id),
-            epochs - start,
+            slice_end(start, epochs, epochs_per_task) - start,
             epoch_offset=start,
             progress=model.progress,
         )
@@ -151,7 +153,8 @@ class SimulatedWork:
         task_started = st.get("task_started") or time.time()
         if out["stopped"]:
             return end_attempt(attempt, "stopped", task_started, reason="stopped by request", **end)
-        return end_attempt(attempt, "completed", task_started, **end)
+        done = slice_end(start, epochs, epochs_per_task) == epochs
+        return end_attempt(attempt, "completed" if done else "queued", task_started, **end)
 
     def train_member(self, attempt, epochs: int, load_inherited) -> dict:
         """A PBT member (pbt.train_member's body): inherits its parent's verified checkpoint

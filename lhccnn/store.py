@@ -52,7 +52,8 @@ ENDED = ("completed", "stopped", "diverged", "failed")
 RESTARTABLE = ("stopped", "failed", "diverged")
 TRANSITIONS = {
     "queued": {"running", "stopped", "failed"},
-    "running": {"running", "completed", "stopped", "diverged", "failed"},
+    # running -> queued: an attempt that trained its slice of epochs hands the trial back
+    "running": {"queued", "running", "completed", "stopped", "diverged", "failed"},
     "stopped": {"queued"},
     "failed": {"queued"},
     "diverged": {"queued"},
@@ -653,13 +654,16 @@ class Attempt:
             tmp_o.unlink(missing_ok=True)
 
     def finish(self, status: str, **fields) -> dict:
-        """End this attempt with a final state (completed, stopped, diverged, failed)."""
-        if status not in ENDED:
-            raise ValueError(f"an attempt ends {', '.join(ENDED)}, not {status!r}")
+        """End this attempt with a final state (completed, stopped, diverged, failed), or with
+        "queued": its slice of epochs trained and checkpointed, the trial waits for the next."""
+        if status not in (*ENDED, "queued"):
+            raise ValueError(f"an attempt ends {', '.join(ENDED)} or queued, not {status!r}")
         with self.store._lock(self.trial_id):
             st = self._check()
             if status == "stopped":
                 (self.dir / "stop").unlink(missing_ok=True)  # consumed: a restart runs
+            if status == "queued":
+                fields = {"token": None, **fields}  # no attempt holds a queued trial
             st = self.store._transition(self.trial_id, st, status, **fields)
             append_line(
                 self.dir / "attempts.jsonl",

@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from lhccnn.config import TrainConfig
-from lhccnn.hpo import run_trial
+from lhccnn.hpo import run_trial, run_trials
 from lhccnn.pbt import load_inherited
 from lhccnn.runner import run_attempt
 from lhccnn.simulate import LABEL, SimulatedWork, fit, mflops, recorded
@@ -40,6 +40,28 @@ def test_a_stopped_simulated_trial_resumes_from_its_checkpoint(tmp_path):
     st = run_trial(str(tmp_path), t, TrainConfig(epochs=4), work=slow)
     assert st["status"] == "completed" and st["attempt"] == 2
     assert [r["epoch"] for r in store.metrics(t)] == [1, 2, 3, 4]
+
+
+def test_a_trial_in_slices_of_epochs_can_be_stopped_while_it_waits_for_its_next(tmp_path):
+    store = Store(tmp_path)
+    t = store.create_trial({"lr": 2e-3})
+    st = run_trial(str(tmp_path), t, TrainConfig(epochs=5), work=FAST, epochs_per_task=2)
+    assert st["status"] == "queued" and [r["epoch"] for r in store.metric_rows(t)] == [1, 2]
+    st = run_trial(str(tmp_path), t, TrainConfig(epochs=5), work=FAST, epochs_per_task=2)
+    assert st["status"] == "queued" and store.verify_checkpoint(t)["epoch"] == 4
+    assert store.request_stop(t)["status"] == "stopped"  # at once: no attempt holds it
+    st = run_trial(str(tmp_path), t, TrainConfig(epochs=5), work=FAST, epochs_per_task=2)
+    assert st["status"] == "stopped" and st["ran"] is False
+    store.requeue(t)
+    st = run_trial(str(tmp_path), t, TrainConfig(epochs=5), work=FAST, epochs_per_task=2)
+    assert st["status"] == "completed" and st["attempt"] == 3
+    assert [r["epoch"] for r in store.metrics(t)] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_a_slice_of_no_whole_epochs_is_refused_naming_the_value(bad, tmp_path):
+    with pytest.raises(ValueError, match=f"epochs_per_task .* got {bad!r}"):
+        run_trials(None, Store(tmp_path), [], TrainConfig(), epochs_per_task=bad)
 
 
 def test_a_simulated_member_inherits_its_parents_progress(tmp_path):

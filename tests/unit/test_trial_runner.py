@@ -1,6 +1,8 @@
 """run_trial in this process: completes, resumes from its verified checkpoint (optimizer state
 included), stops on request, diverges, and fails at once, with its reason, on its own errors."""
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -23,6 +25,32 @@ def test_trial_completes_and_writes_metrics_checkpoint_and_test_result(tiny_data
     assert store.verify_checkpoint(t)["epoch"] == 2
     assert store.checkpoint(t).stat().st_size > 100_000
     assert 0.5 < st["test"]["auc"] <= 1
+
+
+def test_asking_where_a_task_runs_imports_no_dask():
+    # an IPyParallel engine's first task paid for importing distributed only to ask if it was a
+    # Dask worker: about 8 s of the first task with 64 engines on 2 cores
+    code = (
+        "import sys; from lhccnn.runner import engine_identity as e; "
+        "print(e(), 'distributed' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "(None, None) False", out.stdout + out.stderr
+
+
+def test_a_trial_trained_one_epoch_per_task_waits_queued_between_its_tasks(tiny_data, tmp_path):
+    store = Store(tmp_path)
+    t = store.create_trial({"lr": 3e-3, "dropout": 0.2})
+    first = run_trial(str(tmp_path), t, BASE, str(tiny_data), n_test=256, epochs_per_task=1)
+    assert first["status"] == "queued" and first["token"] is None and "test" not in first
+    assert [m["epoch"] for m in store.metrics(t)] == [1]
+    assert store.verify_checkpoint(t)["epoch"] == 1 and not store.attempt_alive(t, first)
+    st = run_trial(str(tmp_path), t, BASE, str(tiny_data), n_test=256, epochs_per_task=1)
+    assert st["status"] == "completed" and st["attempt"] == 2 and 0.5 < st["test"]["auc"] <= 1
+    assert [m["epoch"] for m in store.metrics(t)] == [1, 2]  # resumed: nothing trained twice
+    # the trial's time in tasks is both slices', and its start the first's
+    assert st["first_task_started"] == first["first_task_started"] < st["task_started"]
+    assert st["task_seconds"] > first["slice_seconds"] > 0
 
 
 def test_a_checkpoint_keeps_the_optimizer_state_and_an_ended_trial_is_not_run_again(
