@@ -26,6 +26,8 @@ def test_book_builds_without_warnings(book_html):
     assert out.returncode == 0, log[-4000:]
     # Sphinx's own messages ("file:line: WARNING: ..."), not the executing kernels' log lines
     assert not re.search(r"(WARNING|ERROR|CRITICAL): ", log), log[-4000:]
+    # the MyST pages' kernels listen on private sockets, as the chapters' do (lhccnn.booksphinx)
+    assert "running over TCP" not in log, log[-4000:]
     assert (html / "index.html").exists()
 
 
