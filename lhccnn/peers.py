@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import results
-from .config import REPO, TrainConfig, data_dir
+from .config import TrainConfig, data_dir
 from .files import append_line, locked, read_lines
 from .space import LINEAGE, Choice, LogUniform, Uniform, default_space
 
@@ -720,19 +720,10 @@ def write(setup: Setup, rows: list[dict], where=None) -> Path:
     return results.write_bench("bench_peers", title, TARGETS, figures, where, extra)
 
 
-# the run recorded for the book, on the machine it names (`make bench` writes a newer one)
-RECORDED = REPO / "book" / "recorded" / "bench_peers.json"
-
-
 def load(where=None) -> tuple[dict | None, str]:
     """The newest figures and where they come from: this checkout's results/bench_peers.json,
     else the run recorded for the book, else (None, why)."""
-    record = results.read("bench_peers", where)
-    if record is not None and "rows" in record:
-        return record, "this checkout's `results/bench_peers.json`"
-    if RECORDED.exists():
-        return results.read(RECORDED.stem, RECORDED.parent), "the run recorded for the book"
-    return None, "no figures yet: `make bench` or `lhccnn peers` writes results/bench_peers.json"
+    return results.newest("bench_peers", where, key="rows")
 
 
 def table(record: dict):

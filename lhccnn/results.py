@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import results_dir
+from .config import REPO, results_dir
 from .files import atomic_write
 
 
@@ -42,6 +42,23 @@ def read(name: str, where=None) -> dict | None:
         return json.loads(text)
     except ValueError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); run again what writes it") from None
+
+
+# benchmark runs recorded for the book, on the machine each names (`make bench` writes newer ones)
+RECORDED = REPO / "book" / "recorded"
+
+
+def newest(name: str, where=None, key: str | None = None) -> tuple[dict | None, str]:
+    """A benchmark's newest figures and where they come from: this checkout's results (if they
+    hold `key`, when given: a full run, not a smoke test's), else the run recorded for the book
+    in book/recorded/, else (None, what writes them)."""
+    record = read(name, where)
+    if record is not None and (key is None or key in record or key in record.get("figures", {})):
+        return record, f"this checkout's `results/{name}.json`"
+    record = read(name, RECORDED)
+    if record is not None:
+        return record, f"the run recorded for the book (`book/recorded/{name}.json`)"
+    return None, f"no figures yet: `make bench` writes results/{name}.json"
 
 
 def machine() -> dict:

@@ -4,6 +4,7 @@ Chromium and run, the kernels and the server shut down after."""
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -89,13 +90,16 @@ def run_notebook(page, base: str, token: str, name: str) -> None:
     if news.count():
         news.first.click()
     # Run > Run All Cells; a click that lands before the kernel is connected does nothing, and
-    # a dialog may still come up late, so look for the first execution prompt and try again
+    # a dialog may still come up late, so look for the first cell's prompt to show that it runs
+    # ("[*]") or ran, and try again. Not "[1]" alone: a first cell that runs longer than the wait
+    # shows "[*]", and a second click would queue the notebook twice.
+    started = re.compile(r"\[(\*|\d+)\]")
     for attempt in range(4):
         _accept_kernel_dialog(page)
         page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
         page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
         try:
-            page.locator(".jp-InputPrompt", has_text="[1]").first.wait_for(timeout=10_000)
+            page.locator(".jp-InputPrompt", has_text=started).first.wait_for(timeout=10_000)
             return
         except Exception:
             assert attempt < 3, "Run All Cells never started the notebook"

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from lhccnn import peers
+from lhccnn import peers, results
 from lhccnn.config import REPO
 from lhccnn.space import Choice, LogUniform, Uniform
 
@@ -203,7 +203,7 @@ def test_watch_ends_what_a_method_left_running_and_nothing_older():
 def test_the_run_recorded_for_the_book_is_a_full_one():
     """The book's peers page reads this run: notebook 05's whole problem, three seeds or more,
     every method having trained exactly its budget."""
-    record = json.loads(peers.RECORDED.read_text())
+    record = json.loads((results.RECORDED / "bench_peers.json").read_text())
     assert record["setup"] == dataclasses.asdict(peers.Setup())
     for method in peers.METHODS:
         rows = [r for r in record["rows"] if r["method"] == method]

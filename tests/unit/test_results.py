@@ -33,3 +33,17 @@ def test_a_benchmark_record_holds_the_machine_targets_and_figures(tmp_path, caps
     assert rec["targets"] == {"speed": ">= 1"} and rec["figures"] == {"speed": 2.0, "n": 4}
     assert rec["machine"]["cpus"] >= 1 and len(rec["machine"]["load_average_1_5_15_min"]) == 3
     assert "(target >= 1)" in capsys.readouterr().out
+
+
+def test_the_newest_figures_are_this_checkouts_then_the_books_recorded_run(tmp_path, monkeypatch):
+    recorded, mine = tmp_path / "recorded", tmp_path / "results"
+    monkeypatch.setattr(results, "RECORDED", recorded)
+    record, why = results.newest("bench_x", mine)
+    assert record is None and "make bench" in why
+    results.write("bench_x", {"figures": {"size": "full", "a": 1}}, recorded)
+    record, why = results.newest("bench_x", mine)
+    assert record["figures"]["a"] == 1 and "book/recorded" in why
+    results.write("bench_x", {"figures": {"size": "ci"}}, mine)  # a smoke run, without "a"
+    assert "book/recorded" in results.newest("bench_x", mine, key="a")[1]
+    record, why = results.newest("bench_x", mine)
+    assert record["figures"]["size"] == "ci" and "this checkout" in why

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from lhccnn import scale
+from lhccnn import results, scale
 from lhccnn.store import Store
 
 
@@ -37,3 +37,17 @@ def test_measuring_a_small_study_sees_every_change_and_reads_only_those(tmp_path
     store = Store(tmp_path / "study")
     assert sum(store.status(t)["status"] == "running" for t in store.trial_ids()) == 0
     assert math.isfinite(r["full_reread_s"])
+
+
+def test_the_scale_run_recorded_for_the_book_is_a_full_one():
+    """The book's scale page reads this run: the paper's sizes, simulated work said as such,
+    and every figure with a target present."""
+    record = results.read("bench_scale", results.RECORDED)
+    figures = record["figures"]
+    assert figures["size"] == "full" and figures["work"] == "simulated work"
+    assert set(record["targets"]) <= set(figures), set(record["targets"]) - set(figures)
+    assert [r["trials"] for r in figures["study"]] == [100, 1000, 10000]
+    assert [r["engines"] for r in figures["scheduler"]] == [8, 32, 64]
+    assert figures["makespan"]["trials"] == figures["makespan_sliced"]["trials"] == 336
+    assert (figures["pbt"]["population"], figures["pbt"]["workers"]) == (100, 32)
+    assert len(figures["pbt"]["wall_s"]) == 20
