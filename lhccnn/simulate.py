@@ -132,7 +132,6 @@ class SimulatedWork:
         """An HPO trial of `epochs` epochs (hpo.run_trial's body): resumes from its verified
         checkpoint, or from scratch if that does not verify; trains at most `epochs_per_task`
         of them in this task."""
-
         store, trial_id = attempt.store, attempt.trial_id
         st = store.status(trial_id)
         model, start = _Weights(self.checkpoint_bytes), 0

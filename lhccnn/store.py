@@ -12,6 +12,7 @@ Only the store changes a trial's state, and only along these arrows:
 
     queued -> running -> completed | stopped | diverged | failed
     queued -> stopped | failed;  running -> running (a new attempt after a dead one)
+    running -> queued (a trial trained a slice of its epochs per task waits for its next)
     stopped | failed | diverged -> queued (restart)
 
 Every change is a read-modify-write under the trial's lock (flock). Each attempt gets a token;
