@@ -447,10 +447,11 @@ class Dashboard:
         at each running trial once, when it has trained `after_epochs` epochs; if it is stuck at
         the majority-class rate, stop it and add a trial beside the best one in its place
         (lhccnn.hpo.steering_plan), at most `max_added` in all (default: as many as the study
-        had). Returns once every trial has been looked at or has ended: the trials stopped and
-        added, and the buttons' messages."""
+        had). Returns once every trial has been looked at or has ended: the trials stopped (and
+        the epochs each had trained when asked to stop), the trials added, and the buttons'
+        messages."""
         budget = len(self.store.trial_ids()) if max_added is None else max_added
-        seen, done = set(), {"stopped": [], "added": [], "messages": []}
+        seen, done = set(), {"stopped": [], "added": [], "messages": [], "stopped_at": {}}
         deadline = time.monotonic() + timeout
         while True:
             ids = self.store.trial_ids()
@@ -467,7 +468,10 @@ class Dashboard:
                     curves, due, configs, signal_fraction, space, rng, after_epochs, tol
                 )
                 new = new[: budget - len(done["added"])]
-                done["messages"] += [self.stop(t) for t in stop] + [self.add(hp) for hp in new]
+                for t in stop:  # with the epochs it had trained when asked to stop
+                    done["messages"].append(self.stop(t))
+                    done["stopped_at"][t] = len(self.store.metrics(t))
+                done["messages"] += [self.add(hp) for hp in new]
                 done["stopped"] += stop
                 done["added"] += sorted(set(self.store.trial_ids()) - set(ids))
                 seen.update(due)

@@ -90,8 +90,11 @@ def test_04_widget_hpo_stops_the_stuck_trials_and_adds_as_many(slurm, smoke_runs
     # only the steering stopped anything, and nothing is left queued or running
     assert rec["statuses"]["stopped"] == len(stopped)
     assert set(rec["statuses"]) <= {"completed", "diverged", "stopped"}
-    for t in stopped:  # caught once it had trained two epochs, stopped within the next
-        assert 2 <= len(rec["epochs"][t]) <= 3, rec["epochs"][t]
+    for t in stopped:  # caught once it had trained two epochs, stopped within the next one
+        # (the steering may first see a trial at 3 epochs on a loaded machine; what it promises
+        # is the epoch after its request, counted when it asked)
+        at = rec["steering"]["stopped_at"][t]
+        assert 2 <= at <= len(rec["epochs"][t]) <= at + 1, (at, rec["epochs"][t])
     for t in added:  # ran to the end (or diverged there), not stopped
         assert rec["epochs"][t] == list(range(1, SMOKE["04_widget_hpo"]["epochs"] + 1))
     assert slurm_cli.queue() == []
