@@ -247,10 +247,9 @@ def task_overhead(view, n_tasks: int, sleep: float | None = None) -> dict:
     """What a load-balanced view costs per task once every engine has run one, two ways.
     `ms_per_task`: the wall time of `n_tasks` empty tasks divided by their number, i.e. the
     serial cost of submitting, routing, running and returning one task (the reciprocal of the
-    throughput). `engine_gap_ms`: with
-    tasks that each sleep `sleep` s (default 20 ms per engine, so the controller is not
-    saturated), the wall time beyond n_tasks x sleep / E, per task and engine: how long an
-    engine waits between one task and the next."""
+    throughput). `engine_gap_ms`: with tasks that each sleep `sleep` s (default 20 ms per
+    engine, so the controller is not saturated), the wall time beyond n_tasks x sleep / E, per
+    task and engine: how long an engine waits between one task and the next."""
     engines = len(view.client.ids)
     sleep = 0.02 * engines if sleep is None else sleep
     # steady state: every engine has imported this module (its first task's one-off cost,
