@@ -322,7 +322,7 @@ def control_plane_at_scale(record: dict, axes=None):
     ax = axes[2]
     m = record.get("makespan")
     if m:
-        bars = {
+        heights = {
             "lower\nbound": m["lower_bound"],
             "no schedule\nbeats": m["pigeonhole_bound"],
             "whole trials\n(measured)": m["measured"],
@@ -331,8 +331,8 @@ def control_plane_at_scale(record: dict, axes=None):
         }
         sliced = record.get("makespan_sliced")
         if sliced:  # the same trials, one epoch per task (its own bound differs a little)
-            bars["an epoch per\ntask (measured)"] = sliced["measured"]
-        bars = ax.bar(list(bars), list(bars.values()))
+            heights["an epoch per\ntask (measured)"] = sliced["measured"]
+        bars = ax.bar(list(heights), list(heights.values()))
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
         ax.set(
             ylabel="makespan [s]",
