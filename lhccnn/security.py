@@ -77,6 +77,14 @@ def private_kernel_manager():
         def _private_folder(self):  # jupyter_client's default is "kernel-ipc" in the cwd
             return os.path.join(tempfile.mkdtemp(prefix="lhccnn-kernel-"), "kernel")
 
+        async def _async_interrupt_kernel(self) -> None:
+            # jupyter_client interrupts every kernel before asking it to shut down. Papermill
+            # shuts one down only after its last cell, so the SIGINT can only hit a last
+            # request and print "KeyboardInterrupt caught in kernel". A kernel that ignores the
+            # shutdown request is still killed after `shutdown_wait_time`.
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
         def cleanup_ipc_files(self) -> None:
             super().cleanup_ipc_files()
             if os.path.basename(os.path.dirname(self.ip)).startswith("lhccnn-kernel-"):

@@ -103,3 +103,35 @@ def test_notebook_runs_kernels_listen_on_private_unix_sockets_not_tcp(tmp_path):
     )
     out = nbformat.read(tmp_path / "b.ipynb", as_version=4).cells[0].outputs[0]["text"]
     assert json.loads(out) == ["ipc", "0o700"], out
+
+
+def test_a_notebook_run_ends_its_kernel_without_interrupting_it(tmp_path):
+    """jupyter_client sends SIGINT to a kernel before it asks it to shut down. A kernel that is
+    then answering a last request printed "KeyboardInterrupt caught in kernel" into the output
+    of `make all`. Papermill shuts a kernel down only after its last cell, so nothing needs the
+    interrupt. The cell keeps a handler that records any SIGINT for the kernel's remaining life
+    (ipykernel would otherwise put its own back after the cell)."""
+    import nbformat
+    import papermill as pm
+
+    from lhccnn.security import private_kernel_manager
+
+    marker = tmp_path / "interrupted"
+    cell = (
+        "import signal\n"
+        "from pathlib import Path\n"
+        "kernel = get_ipython().kernel\n"
+        "kernel.pre_handler_hook = kernel.post_handler_hook = lambda: None\n"
+        f"signal.signal(signal.SIGINT, lambda *_: Path({str(marker)!r}).write_text('SIGINT'))\n"
+    )
+    nbformat.write(
+        nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)]), tmp_path / "a.ipynb"
+    )
+    pm.execute_notebook(
+        tmp_path / "a.ipynb",
+        tmp_path / "b.ipynb",
+        kernel_name="python3",
+        progress_bar=False,
+        kernel_manager_class=private_kernel_manager(),
+    )
+    assert not marker.exists(), "the kernel was sent SIGINT when its run ended"
