@@ -288,37 +288,52 @@ def pbt_schedule(lineage, chain, keys=("lr", "dropout"), axes=None):
     return axes
 
 
+def _not_in_this_run(ax, title: str) -> None:
+    """An empty panel that says so: a run of some of the benchmarks records only their part."""
+    ax.set(title=title, xticks=[], yticks=[])
+    ax.text(0.5, 0.5, "not in this run", ha="center", va="center", transform=ax.transAxes)
+
+
 def control_plane_at_scale(record: dict, axes=None):
     """bench_scale.json as four panels: the store and dashboard against study size, the
     scheduler's cost per task against engines, a random search's makespan against its bound,
-    and PBT's overhead per generation (the last two made with simulated work)."""
+    and PBT's overhead per generation (the last two made with simulated work). A panel whose
+    benchmark the run left out says so."""
     if axes is None:
         _, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     ax = axes[0]
-    study = record.get("study") or []
-    n = [r["trials"] for r in study]
-    for key, label in (
-        ("open_cold_s", "open (read every trial)"),
-        ("open_s", "open (saved table)"),
-        ("full_reread_s", "poll, re-reading all"),
-        ("poll_s", "poll, 1 % changed"),
-    ):
-        ax.plot(n, [r[key] for r in study], marker="o", label=label)
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="trials in the study",
-        ylabel="seconds",
-        title="store and dashboard",
-    )
-    ax.legend(fontsize=7)
+    study = record.get("study")
+    if study:
+        n = [r["trials"] for r in study]
+        for key, label in (
+            ("open_cold_s", "open (read every trial)"),
+            ("open_s", "open (saved table)"),
+            ("full_reread_s", "poll, re-reading all"),
+            ("poll_s", "poll, 1 % changed"),
+        ):
+            ax.plot(n, [r[key] for r in study], marker="o", label=label)
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="trials in the study",
+            ylabel="seconds",
+            title="store and dashboard",
+        )
+        ax.legend(fontsize=7)
+    else:
+        _not_in_this_run(ax, "store and dashboard")
     ax = axes[1]
-    sched = record.get("scheduler") or []
-    x = [r["engines"] for r in sched]
-    ax.plot(x, [r["ms_per_task"] for r in sched], marker="o", label="per task (1 / throughput)")
-    ax.plot(x, [r["engine_gap_ms"] for r in sched], marker="s", label="an engine's wait per task")
-    ax.set(xlabel="engines", ylabel="milliseconds", title="IPyParallel scheduler")
-    ax.legend(fontsize=7)
+    sched = record.get("scheduler")
+    if sched:
+        x = [r["engines"] for r in sched]
+        ax.plot(x, [r["ms_per_task"] for r in sched], marker="o", label="per task (1 / throughput)")
+        ax.plot(
+            x, [r["engine_gap_ms"] for r in sched], marker="s", label="an engine's wait per task"
+        )
+        ax.set(xlabel="engines", ylabel="milliseconds", title="IPyParallel scheduler")
+        ax.legend(fontsize=7)
+    else:
+        _not_in_this_run(ax, "IPyParallel scheduler")
     ax = axes[2]
     m = record.get("makespan")
     if m:
@@ -339,6 +354,8 @@ def control_plane_at_scale(record: dict, axes=None):
             title=f"{m['trials']} trials on {m['engines']} engines ({record.get('work', '')})",
         )
         ax.tick_params(axis="x", labelsize=7)
+    else:
+        _not_in_this_run(ax, "random search makespan")
     ax = axes[3]
     pbt = record.get("pbt")
     if pbt:
@@ -352,6 +369,8 @@ def control_plane_at_scale(record: dict, axes=None):
             ylabel="overhead [% of the generation]",
             title=f"PBT, population {pbt['population']} on {pbt['workers']} workers",
         )
+    else:
+        _not_in_this_run(ax, "PBT")
     return axes
 
 
