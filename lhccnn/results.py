@@ -18,6 +18,22 @@ def folder(given: str | Path | None = None) -> Path:
     return Path(given) if given else results_dir()
 
 
+def new_folder(parent: str | Path) -> Path:
+    """A folder of its own for one run under `parent`, named by its start time (UTC) and never
+    one that exists: a notebook run again must not add its trials to the last run's study."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    for n in range(1, 1000):
+        path = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: 999 run folders named {stamp}; is the clock stuck?")
+
+
 def _plain(obj):
     """What json cannot write itself: numpy scalars and arrays as numbers, the rest as text."""
     return obj.tolist() if hasattr(obj, "tolist") else str(obj)

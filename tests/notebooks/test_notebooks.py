@@ -10,6 +10,7 @@ import pytest
 from lhccnn import slurm as slurm_cli
 from lhccnn.config import SMOKE, notebook_parameters
 from lhccnn.security import private_kernel_manager
+from lhccnn.store import Store
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
@@ -97,6 +98,10 @@ def test_04_widget_hpo_stops_the_stuck_trials_and_adds_as_many(slurm, smoke_runs
         assert 2 <= at <= len(rec["epochs"][t]) <= at + 1, (at, rec["epochs"][t])
     for t in added:  # ran to the end (or diverged there), not stopped
         assert rec["epochs"][t] == list(range(1, SMOKE["04_widget_hpo"]["epochs"] + 1))
+    # a study of this run's own: another run of the notebook does not add to it
+    study = Path(rec["study"])
+    assert study.parent == smoke_runs.results / "04_widget_hpo"
+    assert len(Store(study).trial_ids()) == rec["n_trials"]
     assert slurm_cli.queue() == []
 
 

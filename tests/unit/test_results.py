@@ -47,3 +47,9 @@ def test_the_newest_figures_are_this_checkouts_then_the_books_recorded_run(tmp_p
     assert "book/recorded" in results.newest("bench_x", mine, key="a")[1]
     record, why = results.newest("bench_x", mine)
     assert record["figures"]["size"] == "ci" and "this checkout" in why
+
+
+def test_each_run_gets_a_new_empty_folder_even_within_one_second(tmp_path):
+    made = [results.new_folder(tmp_path / "04_widget_hpo") for _ in range(3)]
+    assert len(set(made)) == 3 and all(p.parent == tmp_path / "04_widget_hpo" for p in made)
+    assert all(p.is_dir() and not any(p.iterdir()) for p in made)
