@@ -26,6 +26,20 @@ def weak_scaled(config: TrainConfig, per_worker: int, workers: int) -> TrainConf
     return config.replace(n_train=per_worker * workers)
 
 
+def layout(workers: int, ranks_per_node: int = 1) -> tuple[int, int]:
+    """(nodes, ranks per node) for `workers` ranks packed `ranks_per_node` to a node. One per
+    node is the paper's layout. Where SLURM's nodes share one machine (the mini SLURM), ranks
+    on different nodes talk through TCP, whose busy-polled progress costs each rank about a
+    quarter of a core (measured in notebook 02): packed onto one node they use shared memory."""
+    if (
+        isinstance(ranks_per_node, bool)
+        or not isinstance(ranks_per_node, int)
+        or ranks_per_node < 1
+    ):
+        raise ValueError(f"ranks_per_node must be a whole number >= 1, got {ranks_per_node!r}")
+    return -(-workers // ranks_per_node), min(ranks_per_node, workers)
+
+
 def _summary(mode: str, workers: int, r: dict, **extra) -> dict:
     h = r["history"]
     return {
@@ -49,10 +63,11 @@ def notebook_run(
     local=False,
     n_test=1024,
     cluster_options: dict | None = None,
+    ranks_per_node: int = 1,
 ) -> dict:
     """Train with Horovod on `workers` MPI engines started from here; rank 0's figures."""
     spec = ClusterSpec(
-        nodes=1 if local else workers,
+        nodes=1 if local else layout(workers, ranks_per_node)[0],
         engines=workers,
         mpi=True,
         local=local,
@@ -67,7 +82,12 @@ def notebook_run(
         stopped = cluster.stop()
     r0 = next(r for r in results if r["rank"] == 0)
     return _summary(
-        "notebook", workers, r0, startup_seconds=cluster.started_seconds, stop_seconds=stopped
+        "notebook",
+        workers,
+        r0,
+        nodes=spec.nodes,
+        startup_seconds=cluster.started_seconds,
+        stop_seconds=stopped,
     )
 
 
@@ -80,6 +100,7 @@ def batch_run(
     n_test=1024,
     cluster_options: dict | None = None,
     timeout=3600,
+    ranks_per_node: int = 1,
 ) -> dict:
     """The same training as a batch job: sbatch of the recipe (or plain mpirun with `local`)."""
     out_root = Path(out_root)
@@ -105,13 +126,15 @@ def batch_run(
             raise RuntimeError(f"mpirun training failed ({p.returncode}): {p.stderr[-2000:]}")
     else:
         env = dict(os.environ, LHCCNN_RESULTS=str(out_root), LHCCNN_PYTHON=sys.executable)
-        spec = ClusterSpec(nodes=workers, engines=workers, **(cluster_options or {}))
+        nodes, per_node = layout(workers, ranks_per_node)
+        spec = ClusterSpec(nodes=nodes, engines=workers, **(cluster_options or {}))
         job = (
             slurm.run(
                 "sbatch",
                 "--parsable",
-                f"--nodes={workers}",
-                "--ntasks-per-node=1",
+                f"--nodes={nodes}",
+                f"--ntasks={workers}",
+                f"--ntasks-per-node={per_node}",
                 f"--time={spec.time}",
                 *sbatch_options(spec),
                 f"--output={out_root}/%x-%j.out",
@@ -130,7 +153,8 @@ def batch_run(
     r["history"] = {
         k: [h[k] for h in json.loads((out / "history.json").read_text())] for k in ("val_accuracy",)
     }
-    return _summary("batch", workers, r, out=str(out))
+    nodes = 1 if local else layout(workers, ranks_per_node)[0]
+    return _summary("batch", workers, r, nodes=nodes, out=str(out))
 
 
 def ceiling_run(
@@ -142,12 +166,13 @@ def ceiling_run(
     n_test=1024,
     cluster_options: dict | None = None,
     timeout=3600,
+    ranks_per_node: int = 1,
 ) -> dict:
     """The ceiling for `workers` ranks: as many independent one-process trainings of one rank's
     share, started together and never talking to each other. Their summed throughput is what
     Horovod would reach if its allreduce and coordination were free; ranks that share a
     machine's caches and memory bandwidth fall short of `workers` x one alone even so. Local:
-    processes here; otherwise one srun step with a task per node, the batch job's layout."""
+    processes here; otherwise one srun step laid out as the batch job's ranks."""
     out = Path(out_root) / f"ceiling-{workers}-{int(time.time() * 1000)}"
     share = config.replace(n_train=config.n_train // workers)
     args = config_to_args(share) + ["--data", str(data or data_dir()), "--n-test", str(n_test)]
@@ -168,13 +193,14 @@ def ceiling_run(
             code, err = failed[0]
             raise RuntimeError(f"an independent training failed ({code}): {err[-2000:]}")
     else:
-        spec = ClusterSpec(nodes=workers, engines=workers, **(cluster_options or {}))
+        nodes, per_node = layout(workers, ranks_per_node)
+        spec = ClusterSpec(nodes=nodes, engines=workers, **(cluster_options or {}))
         task = shlex.join(cmd) + f' --out "{out}/task$SLURM_PROCID"'
         slurm.run(
             "srun",
-            f"--nodes={workers}",
+            f"--nodes={nodes}",
             f"--ntasks={workers}",
-            "--ntasks-per-node=1",
+            f"--ntasks-per-node={per_node}",
             f"--time={spec.time}",
             *sbatch_options(spec),
             "bash",
@@ -209,6 +235,7 @@ def study(
     repeats: int = 1,
     ceiling: bool = True,
     progress=print,
+    ranks_per_node: int = 1,
 ) -> list[dict]:
     """For each worker count, notebook and batch runs side by side, `repeats` times each, and
     with `ceiling` (above one worker) the independent trainings that bound both (`ceiling_run`).
@@ -231,6 +258,7 @@ def study(
                     local=local,
                     n_test=n_test,
                     cluster_options=cluster_options,
+                    ranks_per_node=ranks_per_node,
                     **kwargs,
                 )
                 rows.append({**row, "repeat": rep})

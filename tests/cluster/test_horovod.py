@@ -1,6 +1,7 @@
 """Horovod over MPI: 2 ranks keep identical weights and read disjoint shards."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,16 @@ def test_only_rank_zero_writes_files(two_ranks):
     metrics = json.loads((out / "run" / "metrics.json").read_text())
     assert metrics["rank"] == 0 and metrics["size"] == 2
     assert metrics["test"]["n"] == 256
+
+
+def test_a_batch_run_packs_its_ranks_onto_one_node_when_asked(slurm, tiny_data, tmp_path):
+    """On the mini SLURM every node is this machine: ranks on two nodes talk through TCP, ranks
+    on one node through shared memory (notebook 02 measures the difference)."""
+    from lhccnn import scaling
+    from lhccnn.config import TrainConfig
+
+    config = TrainConfig(n_train=512, n_val=128, epochs=1, batch_size=64, warmup_epochs=0.0)
+    row = scaling.batch_run(config, 2, tmp_path, data=tiny_data, n_test=128, ranks_per_node=2)
+    (log,) = [p.read_text() for p in tmp_path.glob("*.out")]
+    assert re.search(r": 2 ranks on node\d, launcher", log), log  # one node, not node[1-2]
+    assert row["nodes"] == 1 and row["workers"] == 2

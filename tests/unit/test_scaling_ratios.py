@@ -41,3 +41,12 @@ def test_ceiling_run_sums_independent_trainings(tiny_data, tmp_path):
     for i in range(2):  # each trained one rank's share, on its own
         cfg = (tmp_path / row["out"].split("/")[-1] / f"task{i}" / "config.json").read_text()
         assert '"n_train": 256' in cfg
+
+
+def test_ranks_are_laid_out_one_per_node_or_packed_as_asked():
+    assert scaling.layout(4) == (4, 1)  # the paper's layout
+    assert scaling.layout(4, 2) == (2, 2) and scaling.layout(3, 2) == (2, 2)
+    assert scaling.layout(1, 2) == (1, 1)
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=rf"ranks_per_node .* got {bad!r}"):
+            scaling.layout(2, bad)
