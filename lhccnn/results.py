@@ -64,12 +64,20 @@ def read(name: str, where=None) -> dict | None:
 RECORDED = REPO / "book" / "recorded"
 
 
-def newest(name: str, where=None, key: str | None = None) -> tuple[dict | None, str]:
+def newest(
+    name: str, where=None, key: str | None = None, full: bool = False
+) -> tuple[dict | None, str]:
     """A benchmark's newest figures and where they come from: this checkout's results (if they
-    hold `key`, when given: a full run, not a smoke test's), else the run recorded for the book
-    in book/recorded/, else (None, what writes them)."""
+    hold `key`, when given, and with `full` if their size is "full": a full run, not a smoke
+    test's), else the run recorded for the book in book/recorded/, else (None, what writes
+    them)."""
     record = read(name, where)
-    if record is not None and (key is None or key in record or key in record.get("figures", {})):
+    figures = (record or {}).get("figures", {})
+    if (
+        record is not None
+        and (key is None or key in record or key in figures)
+        and (not full or figures.get("size") == "full")
+    ):
         return record, f"this checkout's `results/{name}.json`"
     record = read(name, RECORDED)
     if record is not None:

@@ -47,6 +47,11 @@ def test_the_newest_figures_are_this_checkouts_then_the_books_recorded_run(tmp_p
     assert "book/recorded" in results.newest("bench_x", mine, key="a")[1]
     record, why = results.newest("bench_x", mine)
     assert record["figures"]["size"] == "ci" and "this checkout" in why
+    # the scale page: make test's smaller run must not hide the full run recorded for the book
+    record, why = results.newest("bench_x", mine, full=True)
+    assert "book/recorded" in why
+    results.write("bench_x", {"figures": {"size": "full", "a": 2}}, mine)
+    assert results.newest("bench_x", mine, full=True)[0]["figures"]["a"] == 2
 
 
 def test_each_run_gets_a_new_empty_folder_even_within_one_second(tmp_path):
