@@ -78,12 +78,26 @@ def test_the_ipyparallel_controller_talks_only_curvezmq(local_engines):
     assert local_engines.client[:].apply_sync(abs, -1) == [1, 1]
 
 
-def test_notebook_runs_kernels_listen_on_private_unix_sockets_not_tcp(tmp_path):
+def _run_in_a_notebook(cell: str, folder: Path):
+    """`cell` as a notebook's one cell, run by papermill as `lhccnn notebooks` runs chapters."""
     import nbformat
     import papermill as pm
 
     from lhccnn.security import private_kernel_manager
 
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
+    nbformat.write(nb, folder / "a.ipynb")
+    pm.execute_notebook(
+        folder / "a.ipynb",
+        folder / "b.ipynb",
+        kernel_name="python3",
+        progress_bar=False,
+        kernel_manager_class=private_kernel_manager(),
+    )
+    return nbformat.read(folder / "b.ipynb", as_version=4).cells[0]
+
+
+def test_notebook_runs_kernels_listen_on_private_unix_sockets_not_tcp(tmp_path):
     probe = (
         "import json, os, stat\n"
         "from ipykernel.connect import get_connection_info\n"
@@ -91,17 +105,7 @@ def test_notebook_runs_kernels_listen_on_private_unix_sockets_not_tcp(tmp_path):
         "folder = os.path.dirname(info['ip'])\n"
         "print(json.dumps([info['transport'], oct(stat.S_IMODE(os.stat(folder).st_mode))]))"
     )
-    nbformat.write(
-        nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(probe)]), tmp_path / "a.ipynb"
-    )
-    pm.execute_notebook(
-        tmp_path / "a.ipynb",
-        tmp_path / "b.ipynb",
-        kernel_name="python3",
-        progress_bar=False,
-        kernel_manager_class=private_kernel_manager(),
-    )
-    out = nbformat.read(tmp_path / "b.ipynb", as_version=4).cells[0].outputs[0]["text"]
+    out = _run_in_a_notebook(probe, tmp_path).outputs[0]["text"]
     assert json.loads(out) == ["ipc", "0o700"], out
 
 
@@ -111,11 +115,6 @@ def test_a_notebook_run_ends_its_kernel_without_interrupting_it(tmp_path):
     of `make all`. Papermill shuts a kernel down only after its last cell, so nothing needs the
     interrupt. The cell keeps a handler that records any SIGINT for the kernel's remaining life
     (ipykernel would otherwise put its own back after the cell)."""
-    import nbformat
-    import papermill as pm
-
-    from lhccnn.security import private_kernel_manager
-
     marker = tmp_path / "interrupted"
     cell = (
         "import signal\n"
@@ -124,14 +123,5 @@ def test_a_notebook_run_ends_its_kernel_without_interrupting_it(tmp_path):
         "kernel.pre_handler_hook = kernel.post_handler_hook = lambda: None\n"
         f"signal.signal(signal.SIGINT, lambda *_: Path({str(marker)!r}).write_text('SIGINT'))\n"
     )
-    nbformat.write(
-        nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)]), tmp_path / "a.ipynb"
-    )
-    pm.execute_notebook(
-        tmp_path / "a.ipynb",
-        tmp_path / "b.ipynb",
-        kernel_name="python3",
-        progress_bar=False,
-        kernel_manager_class=private_kernel_manager(),
-    )
+    _run_in_a_notebook(cell, tmp_path)
     assert not marker.exists(), "the kernel was sent SIGINT when its run ended"
