@@ -30,7 +30,7 @@ def layout(workers: int, ranks_per_node: int = 1) -> tuple[int, int]:
     """(nodes, ranks per node) for `workers` ranks packed `ranks_per_node` to a node. One per
     node is the paper's layout. Where SLURM's nodes share one machine (the mini SLURM), ranks
     on different nodes talk through TCP, whose busy-polled progress costs each rank about a
-    quarter of a core (measured in notebook 02): packed onto one node they use shared memory."""
+    quarter of a core (notebook 02 explains it): packed onto one node they use shared memory."""
     if (
         isinstance(ranks_per_node, bool)
         or not isinstance(ranks_per_node, int)
@@ -106,6 +106,7 @@ def batch_run(
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     args = config_to_args(config) + ["--data", str(data or data_dir()), "--n-test", str(n_test)]
+    nodes, per_node = (1, workers) if local else layout(workers, ranks_per_node)
     if local:
         out = out_root / f"batch-local-{workers}-{int(time.time() * 1000)}"
         cmd = [
@@ -126,7 +127,6 @@ def batch_run(
             raise RuntimeError(f"mpirun training failed ({p.returncode}): {p.stderr[-2000:]}")
     else:
         env = dict(os.environ, LHCCNN_RESULTS=str(out_root), LHCCNN_PYTHON=sys.executable)
-        nodes, per_node = layout(workers, ranks_per_node)
         spec = ClusterSpec(nodes=nodes, engines=workers, **(cluster_options or {}))
         job = (
             slurm.run(
@@ -153,7 +153,6 @@ def batch_run(
     r["history"] = {
         k: [h[k] for h in json.loads((out / "history.json").read_text())] for k in ("val_accuracy",)
     }
-    nodes = 1 if local else layout(workers, ranks_per_node)[0]
     return _summary("batch", workers, r, nodes=nodes, out=str(out))
 
 
