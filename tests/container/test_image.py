@@ -137,6 +137,18 @@ def test_a_process_left_by_the_container_is_reported_and_ended():
     assert "sleep" not in _foreign().values()
 
 
+def _state(job, env, until=None, timeout=30.0) -> str:
+    """The job's state in squeue; with `until`, polled until it is that or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = subprocess.run(
+            ["squeue", "-h", "-j", job, "-o", "%T"], env=env, capture_output=True, text=True
+        ).stdout.strip()
+        if until is None or state == until or time.monotonic() > deadline:
+            return state
+        time.sleep(0.5)
+
+
 def test_host_cluster_and_its_job_survive_the_containers_cluster(slurm_cluster, tmp_path):
     # the host's mini SLURM (default ports) runs a job while the image's starts and stops its own
     state = Path(os.environ.get("MINISLURM_STATE", REPO / ".minislurm"))
@@ -150,6 +162,8 @@ def test_host_cluster_and_its_job_survive_the_containers_cluster(slurm_cluster, 
     ).stdout.strip()
     queue = ["squeue", "-h", "-o", "%i"]
     try:
+        # the scheduler starts a new job within a few seconds; the container's run may be quicker
+        assert _state(job, slurm_cluster, until="RUNNING") == "RUNNING", "the host's job never ran"
         before = subprocess.run(
             queue, env=slurm_cluster, capture_output=True, text=True
         ).stdout.split()
@@ -159,12 +173,7 @@ def test_host_cluster_and_its_job_survive_the_containers_cluster(slurm_cluster, 
             queue, env=slurm_cluster, capture_output=True, text=True
         ).stdout.split()
         assert after == before, "the host's queue changed during the container's run"
-        job_state = subprocess.run(
-            ["squeue", "-h", "-j", job, "-o", "%T"],
-            env=slurm_cluster,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        job_state = _state(job, slurm_cluster)
         assert job_state == "RUNNING", f"the host's job after the container's run: {job_state!r}"
         for name, pid in pids.items():
             assert Path(f"/proc/{pid}").exists(), f"the host's {name} ({pid}) died"
