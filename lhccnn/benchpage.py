@@ -14,12 +14,16 @@ from . import plots, results
 from .pbt import comparison_table
 
 BENCHMARKS = ("bench", "bench_cluster", "bench_hpo", "bench_pbt")
+ONE_CORE_KEY = "matmul_1core_float32_gflops"  # the foundation benchmark's limit of one core
 NOTEBOOKS = ("01_cluster_startup", "02_horovod_scaling", "03_random_search_hpo", "05_pbt_genetic")
 
 
 def records(where=None) -> dict:
-    """Every record the page can show, by name: None for a run that has not been made here."""
-    return {name: results.read(name, where) for name in BENCHMARKS + NOTEBOOKS}
+    """Every record the page can show, by name: None for a run that has not been made here;
+    and under "one_core", the newest full-size foundation benchmark with where it comes from."""
+    recs = {name: results.read(name, where) for name in BENCHMARKS + NOTEBOOKS}
+    recs["one_core"] = results.newest("bench", where, key=ONE_CORE_KEY, full=True)
+    return recs
 
 
 def show(section: str, where=None) -> None:
@@ -141,6 +145,30 @@ def throughput(recs: dict) -> list:
 
     beside = "Notebook 02's main training, with its own sizes:"
     return section(recs, "bench", bench, "02_horovod_scaling", nb02, beside)
+
+
+def one_core(recs: dict) -> list:
+    """One core against its FLOP limit: float32 and bfloat16 training beside a matrix multiply
+    of each, from this checkout's full-size foundation benchmark or the run recorded for the
+    book (a smaller or partial run does not measure them at the same size)."""
+    rec, where = recs["one_core"]
+    if rec is None or ONE_CORE_KEY not in rec["figures"]:
+        return [missing("bench", "LHCCNN_BENCH=full make bench")]
+    f = rec["figures"]
+    rows = {}
+    for precision in ("float32", "mixed_bfloat16"):
+        if f"train_{precision}_samples_per_s" in f:
+            rows[precision] = {
+                "samples/s": round(f[f"train_{precision}_samples_per_s"]),
+                "GFLOP/s": round(f[f"train_{precision}_gflops"], 1),
+                "validation loss": round(f[f"train_{precision}_val_loss"], 4),
+                "validation accuracy": round(f[f"train_{precision}_val_accuracy"], 4),
+            }
+    return [
+        note(f"From {where}; the CPU's bfloat16 instructions: {f.get('cpu_bfloat16_flags', '?')}."),
+        figure(plots.flop_limit(f)),
+        pd.DataFrame(rows).T.rename_axis("training, one core"),
+    ]
 
 
 def cluster(recs: dict) -> list:
@@ -265,6 +293,7 @@ def pbt(recs: dict) -> list:
 SECTIONS = {
     "machine": machine,
     "throughput": throughput,
+    "one_core": one_core,
     "cluster": cluster,
     "notebook_vs_batch": notebook_vs_batch,
     "random_search": random_search,

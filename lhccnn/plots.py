@@ -402,3 +402,28 @@ def peers(rows: list[dict], axes=None):
     axes[1].legend(fontsize=8)
     plt.tight_layout()
     return axes
+
+
+def flop_limit(figures: dict, ax=None):
+    """One core's speed against its limit: the GFLOP/s of a large matrix multiply (the most this
+    core computes, in float32 and bfloat16) beside the CNN's training (samples/s x FLOPs per
+    training sample), each bar labelled with its share of the same precision's multiply."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 2.6))
+    bars = []  # (label, GFLOP/s, the multiply it is compared with)
+    for precision, dtype in (("float32", "float32"), ("mixed_bfloat16", "bfloat16")):
+        peak = figures.get(f"matmul_1core_{dtype}_gflops")
+        train = figures.get(f"train_{precision}_gflops")
+        if peak:
+            bars.append((f"matrix multiply, {dtype}", peak, peak))
+        if train:
+            bars.append((f"CNN training, {precision}", train, peak))
+    labels = [b[0] for b in bars][::-1]
+    values = [b[1] for b in bars][::-1]
+    ax.barh(labels, values, color=["C1" if "training" in s else "0.6" for s in labels])
+    for y, (_, v, peak) in enumerate(bars[::-1]):
+        share = f" ({v / peak:.0%} of its multiply)" if peak and v != peak else ""
+        ax.text(v, y, f" {v:.0f}{share}", va="center", fontsize=8)
+    ax.set(xlabel="GFLOP/s on one core", xlim=(0, max(values, default=1) * 1.45))
+    plt.tight_layout()
+    return ax

@@ -127,3 +127,44 @@ def test_a_recorded_benchmark_is_shown_and_its_notebook_beside_it_not_in_its_pla
     assert notebook_table.index.name == "notebook 01"
     notes, _ = shown("machine", tmp_path)
     assert notes == []  # the benchmark's machine is known
+
+
+PRECISION = {  # the figures the foundation benchmark records for one core
+    "train_float32_samples_per_s": 3300.0,
+    "train_float32_gflops": 55.0,
+    "train_float32_val_loss": 0.28,
+    "train_float32_val_accuracy": 0.9,
+    "train_mixed_bfloat16_samples_per_s": 4400.0,
+    "train_mixed_bfloat16_gflops": 73.0,
+    "train_mixed_bfloat16_val_loss": 0.31,
+    "train_mixed_bfloat16_val_accuracy": 0.89,
+    "matmul_1core_float32_gflops": 97.0,
+    "matmul_1core_bfloat16_gflops": 193.0,
+    "cpu_bfloat16_flags": "avx512_bf16",
+}
+
+
+def test_one_core_shows_a_full_size_run_only_else_the_one_recorded_for_the_book(
+    tmp_path, monkeypatch
+):
+    recorded, here = tmp_path / "recorded", tmp_path / "here"
+    monkeypatch.setattr(results, "RECORDED", recorded)
+    notes, figures = shown("one_core", here)
+    assert not figures and "LHCCNN_BENCH=full make bench" in notes[0]
+
+    results.write_bench("bench", "b", {}, {**PRECISION, "size": "full"}, recorded)
+    results.write_bench("bench", "b", {}, {**PRECISION, "size": "ci"}, here)
+    notes, (fig, tab) = shown("one_core", here)
+    assert "recorded for the book" in notes[0] and "avx512_bf16" in notes[0]
+    bars = {t.get_text().split("(")[0].strip(): t for t in fig.axes[0].get_yticklabels()}
+    assert len(bars) == 4 and "CNN training, mixed_bfloat16" in bars
+    # each training bar says its share of the multiply of its own precision
+    shares = [t.get_text() for t in fig.axes[0].texts]
+    assert any("57% of its multiply" in s for s in shares)  # 55 of 97
+    assert any("38% of its multiply" in s for s in shares)  # 73 of 193
+    assert list(tab.index) == ["float32", "mixed_bfloat16"]
+    assert tab.loc["mixed_bfloat16", "samples/s"] == 4400
+
+    results.write_bench("bench", "b", {}, {**PRECISION, "size": "full"}, here)
+    notes, _ = shown("one_core", here)
+    assert "this checkout's" in notes[0]
