@@ -167,7 +167,7 @@ def one_core(recs: dict) -> list:
     return [
         note(f"From {where}; the CPU's bfloat16 instructions: {f.get('cpu_bfloat16_flags', '?')}."),
         figure(plots.flop_limit(f)),
-        pd.DataFrame(rows).T.rename_axis("training, one core"),
+        pd.DataFrame.from_dict(rows, orient="index").rename_axis("training, one core"),
     ]
 
 
