@@ -21,12 +21,39 @@ from lhccnn.config import data_dir
 # slower 2-core machine (600 samples/s) the full one took 11 of make test's minutes.
 FULL = os.environ.get("LHCCNN_BENCH") == "full"
 EVENTS_PER_RANK, EPOCHS, REPEATS = (8192, 4, 3) if FULL else (2048, 3, 2)
-TARGETS = {"horovod_2x1_efficiency": 0.90, "streaming_over_memory": 0.95}
+TARGETS = {
+    "horovod_2x1_efficiency": 0.90,
+    "horovod_2x1_of_ceiling": 0.95,  # issue 14: against two independent trainings at once
+    "streaming_over_memory": 0.95,
+}
 RECORD: dict = {}
 
 
-def _train(tmp_path, name, *args, ranks=1, epochs=EPOCHS):
-    out = tmp_path / name
+def _train(tmp_path, name, *args, ranks=1, epochs=EPOCHS, together=1):
+    """samples/s of one training (of `ranks` Horovod ranks); with `together`, that many
+    independent one-process trainings started at once, never talking: their sum."""
+    if together > 1:
+        outs = [tmp_path / f"{name}-{i}" for i in range(together)]
+        procs = []
+        for out in outs:  # logs to files: a full pipe would stall one of the pair
+            with open(tmp_path / f"{out.name}.log", "w") as log:  # the child keeps its own fd
+                cmd = _command(out, *args, epochs=epochs)
+                procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        for proc, out in zip(procs, outs):
+            code = proc.wait(timeout=900)
+            assert code == 0, (tmp_path / f"{out.name}.log").read_text()[-3000:]
+        return sum(_samples_per_s(out) for out in outs)
+    cmd = _command(tmp_path / name, *args, ranks=ranks, epochs=epochs)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return _samples_per_s(tmp_path / name)
+
+
+def _samples_per_s(out) -> float:
+    return json.loads((out / "metrics.json").read_text())["samples_per_s"]
+
+
+def _command(out, *args, ranks=1, epochs=EPOCHS) -> list[str]:
     cmd = [
         sys.executable,
         "-m",
@@ -62,9 +89,7 @@ def _train(tmp_path, name, *args, ranks=1, epochs=EPOCHS):
             *cmd,
             "--horovod",
         ]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads((out / "metrics.json").read_text())["samples_per_s"]
+    return cmd
 
 
 def _last_epoch(tmp_path, name) -> dict:
@@ -119,13 +144,16 @@ def test_generator_events_per_second():
 
 
 def test_training_throughput_threads_streaming_and_horovod(tmp_path):
-    # One run, side by side and interleaved (1 rank, 2 ranks, 1 rank, ...), so that the ratios
-    # compare like with like on a machine whose speed drifts; medians over the repeats.
-    ones, hvds = [], []
+    # One run, side by side and interleaved (1 rank, 2 ranks, two independent, 1 rank, ...), so
+    # that the ratios compare like with like on a machine whose speed drifts; medians over the
+    # repeats. Two independent trainings at once are the ceiling of 2 ranks: the cores share
+    # caches and memory bandwidth, which the ideal (2 x one alone) ignores.
+    ones, hvds, pairs = [], [], []
     for i in range(REPEATS):
         ones.append(_train(tmp_path, f"t1-{i}", "--threads", "1"))
         hvds.append(_train(tmp_path, f"hvd-{i}", "--threads", "1", ranks=2))
-    one, hvd = statistics.median(ones), statistics.median(hvds)
+        pairs.append(_train(tmp_path, f"pair-{i}", "--threads", "1", together=2))
+    one, hvd, pair = statistics.median(ones), statistics.median(hvds), statistics.median(pairs)
     two = _train(tmp_path, "t2", "--threads", "2")
     mem = _train(tmp_path, "mem", "--threads", "1", "--in-memory")
     stream = _train(tmp_path, "stream", "--threads", "1")
@@ -135,6 +163,8 @@ def test_training_throughput_threads_streaming_and_horovod(tmp_path):
             "train_1rank_2threads_samples_per_s": two,
             "train_horovod_2x1_samples_per_s": hvd,
             "horovod_2x1_efficiency": hvd / (2 * one),
+            "train_2_independent_samples_per_s": pair,
+            "horovod_2x1_of_ceiling": hvd / pair,
             "train_in_memory_1thread_samples_per_s": mem,
             "streaming_over_memory": stream / mem,
         }
