@@ -168,3 +168,10 @@ def test_one_core_shows_a_full_size_run_only_else_the_one_recorded_for_the_book(
     results.write_bench("bench", "b", {}, {**PRECISION, "size": "full"}, here)
     notes, _ = shown("one_core", here)
     assert "this checkout's" in notes[0]
+
+
+def test_the_throughput_section_leaves_one_cores_figures_to_their_own_section(tmp_path):
+    figures = {"size": "full", "train_1rank_1thread_samples_per_s": 3300.0, **PRECISION}
+    results.write_bench("bench", "b", {}, figures, tmp_path)
+    _, (tab,) = shown("throughput", tmp_path)
+    assert list(tab.data.index) == ["size", "train_1rank_1thread_samples_per_s"]
