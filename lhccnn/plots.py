@@ -418,10 +418,10 @@ def flop_limit(figures: dict, ax=None):
             bars.append((f"matrix multiply, {dtype}", peak, peak))
         if train:
             bars.append((f"CNN training, {precision}", train, peak))
-    labels = [b[0] for b in bars][::-1]
-    values = [b[1] for b in bars][::-1]
+    bars.reverse()  # barh draws the first bar at the bottom
+    labels, values = [b[0] for b in bars], [b[1] for b in bars]
     ax.barh(labels, values, color=["C1" if "training" in s else "0.6" for s in labels])
-    for y, (_, v, peak) in enumerate(bars[::-1]):
+    for y, (_, v, peak) in enumerate(bars):
         share = f" ({v / peak:.0%} of its multiply)" if peak and v != peak else ""
         ax.text(v, y, f" {v:.0f}{share}", va="center", fontsize=8)
     ax.set(xlabel="GFLOP/s on one core", xlim=(0, max(values, default=1) * 1.45))
