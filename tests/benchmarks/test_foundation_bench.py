@@ -177,7 +177,7 @@ def test_training_throughput_threads_streaming_and_horovod(tmp_path):
     # sanity only: the model is learning at a plausible speed and 2 ranks do add throughput
     assert 50 < one < 20_000
     assert hvd > one
-    assert all(0.3 < r < 1.5 for r in of_ceiling), of_ceiling  # a pair, not one rank or four
+    assert all(0.3 < r < 1.5 for r in of_ceiling), of_ceiling  # broad: a run gone wrong
 
 
 def test_bfloat16_against_float32_and_the_matmul_roofline(tmp_path):
