@@ -476,6 +476,10 @@ class Cluster:
             self._dask.wait_for_workers(len(self.client.ids), timeout=timeout)
             if warm_up:
                 self._dask.run(warm_up_worker)  # import TensorFlow once, before any timing
+            # the client's text (what a notebook shows) comes from its cached scheduler info,
+            # which LocalCluster.wait_for_workers leaves as it was and distributed refreshes
+            # only every 2 s: without this it may say "processes=0" with every worker there
+            self._dask.scheduler_info()
         return self._dask
 
     # ------------------------------------------------------------------------------ stop
