@@ -67,3 +67,39 @@ def test_a_batch_run_packs_its_ranks_onto_one_node_when_asked(slurm, tiny_data, 
     (log,) = [p.read_text() for p in tmp_path.glob("*.out")]
     assert re.search(r": 2 ranks on node\d, launcher", log), log  # one node, not node[1-2]
     assert row["nodes"] == 1 and row["workers"] == 2
+
+
+POLICIES = """
+import json, logging, os, sys
+import horovod.tensorflow.keras  # its import starts threads of its own (TensorFlow's)
+from lhccnn.train import horovod_init
+before = set(os.listdir("/proc/self/task"))
+hvd = horovod_init(idle_comm_threads=sys.argv[1] == "1")
+policy = {t: os.sched_getscheduler(int(t)) for t in os.listdir("/proc/self/task")}
+warnings = []
+logging.getLogger("lhccnn.train").addHandler(logging.Handler())
+logging.getLogger("lhccnn.train").handlers[-1].emit = warnings.append
+horovod_init(idle_comm_threads=True)  # a second call (train() after a notebook's): no new init
+print(json.dumps({"rank": hvd.rank(), "size": hvd.size(), "idle": os.SCHED_IDLE,
+                  "new": [policy[t] for t in set(policy) - before],
+                  "old": [policy[t] for t in before if t in policy],
+                  "warned": len(warnings)}))
+"""
+
+
+@pytest.mark.parametrize("idle", [True, False])
+def test_idle_comm_threads_lowers_only_the_threads_hvd_init_starts(idle):
+    p = subprocess.run(
+        ["mpirun", "-np", "2", "--bind-to", "none", "--oversubscribe", "--mca", "btl", "tcp,self",
+         sys.executable, "-c", POLICIES, "1" if idle else "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    ranks = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["rank"] for r in ranks) == [0, 1] and ranks[0]["size"] == 2
+    for r in ranks:
+        assert r["new"], "hvd.init() started no thread: nothing to check"
+        assert all((pol == r["idle"]) == idle for pol in r["new"]), r
+        assert r["idle"] not in r["old"], r  # the training's own threads keep their priority
+        # asking again says so only where the first call did not lower them
+        assert r["warned"] == (0 if idle else 1), r

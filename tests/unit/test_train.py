@@ -86,6 +86,11 @@ def test_config_round_trips_through_cli_arguments():
     from lhccnn.train import config_from_args, config_to_args, parse_args
 
     c = TrainConfig(
-        n_train=5000, epochs=3, streaming=False, lr_scaling="sqrt", precision="mixed_bfloat16"
+        n_train=5000,
+        epochs=3,
+        streaming=False,
+        lr_scaling="sqrt",
+        precision="mixed_bfloat16",
+        idle_comm_threads=True,
     ).replace(model_conv_sizes=(4, 8), model_lr=0.01, model_optimizer="Nadam")
     assert config_from_args(parse_args(config_to_args(c))) == c
