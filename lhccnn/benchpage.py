@@ -74,12 +74,17 @@ def values(label: str, rows: dict) -> pd.DataFrame:
 
 
 def scaling_table(rows: list[dict], ratios: dict) -> pd.DataFrame:
-    """Median samples/s per number of workers, notebook and batch, and their ratio."""
+    """Median samples/s per number of workers and mode, notebook/batch, and each mode against
+    the ceiling (the suffix +idle: runs with idle_comm_threads)."""
     med = pd.DataFrame(rows).groupby(["workers", "mode"])["samples_per_s"].median()
     med = med.unstack("mode")
     med.columns = [f"{c} samples/s (median)" for c in med.columns]
-    ratio = {int(w): r for w, r in ratios["notebook_over_batch"].items()}
-    med["notebook / batch"] = pd.Series(ratio)
+    for key in ("notebook_over_batch", "notebook_over_batch+idle"):
+        if key in ratios:
+            ratio = {int(w): r for w, r in ratios[key].items()}
+            med["notebook / batch" + key.removeprefix("notebook_over_batch")] = pd.Series(ratio)
+    for mode, of in ratios.get("of_ceiling", {}).items():
+        med[f"{mode} / ceiling"] = pd.Series({int(w): r for w, r in of.items()})
     return med.round(3)
 
 
@@ -206,9 +211,10 @@ def notebook_vs_batch(recs: dict) -> list:
         if not f.get("rows"):
             return [missing("bench_cluster", "make bench")]
         parts = [figure(plots.scaling(f["rows"])), scaling_table(f["rows"], f)]
-        eff = {k: v for k, v in f.items() if k.startswith("efficiency_")}
-        if eff:
-            parts.append(pd.DataFrame(eff).T.rename_axis("Horovod efficiency").round(3))
+        for ratio, name in (("efficiency_", "Horovod efficiency"), ("of_ceiling_", "of ceiling")):
+            found = {k: v for k, v in f.items() if k.startswith(ratio)}
+            if found:
+                parts.append(pd.DataFrame(found).T.rename_axis(name).round(3))
         return parts
 
     def nb02(rec):

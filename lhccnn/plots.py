@@ -132,18 +132,23 @@ def roc(pred: dict, axes=None):
 
 
 def scaling(rows: list[dict], axes=None):
-    """Median throughput against workers, notebook and batch (the paper's Fig. 2), beside the
-    ideal and the measured ceiling (independent trainings, where measured); their ratio."""
+    """Median throughput against workers, notebook and batch (the paper's Fig. 2; dash-dotted:
+    with idle_comm_threads, where measured), beside the ideal and the measured ceiling
+    (independent trainings, where measured); the notebook/batch ratio."""
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    from .scaling import medians
+    from .scaling import IDLE, MODES, medians
 
     by_mode: dict = {}
     for (mode, w), v in medians(rows).items():
         by_mode.setdefault(mode, {})[w] = v
-    ws = sorted(by_mode["notebook"])
-    for mode, marker in (("notebook", "o-"), ("batch", "s--")):
-        (line,) = axes[0].plot(ws, [by_mode[mode][w] for w in ws], marker, label=f"{mode} (median)")
+    ws = sorted(by_mode["batch"])
+    styles = dict(zip(MODES, ("o-", "s--", "o-.", "s-.")))
+    for mode in (m for m in MODES if m in by_mode):
+        mw = sorted(by_mode[mode])
+        (line,) = axes[0].plot(
+            mw, [by_mode[mode][w] for w in mw], styles[mode], label=f"{mode} (median)"
+        )
         runs = [r for r in rows if r["mode"] == mode]  # every repeat, to show the spread
         axes[0].scatter(
             [r["workers"] for r in runs],
@@ -160,10 +165,16 @@ def scaling(rows: list[dict], axes=None):
         cw = sorted(ceiling)
         axes[0].plot(cw, [ceiling[w] for w in cw], "^:", color="0.3", label="ceiling (independent)")
     axes[0].set(xlabel="workers (Horovod ranks)", ylabel="training samples/s", xticks=ws)
-    axes[0].legend()
-    axes[1].plot(ws, [by_mode["notebook"][w] / by_mode["batch"][w] for w in ws], "o-")
+    axes[0].legend(fontsize="small")
+    for suffix, style in (("", "o-"), (IDLE, "o-.")):
+        nb, batch = by_mode.get("notebook" + suffix, {}), by_mode.get("batch" + suffix, {})
+        both = sorted(set(nb) & set(batch))
+        if both:
+            label = "notebook / batch" + (", idle comm threads" if suffix else "")
+            axes[1].plot(both, [nb[w] / batch[w] for w in both], style, label=label)
     axes[1].axhline(1.0, color="0.6", ls=":")
     axes[1].set(xlabel="workers", ylabel="notebook / batch throughput", xticks=ws, ylim=(0.8, 1.2))
+    axes[1].legend(fontsize="small")
     return axes
 
 

@@ -40,10 +40,16 @@ def layout(workers: int, ranks_per_node: int = 1) -> tuple[int, int]:
     return -(-workers // ranks_per_node), min(ranks_per_node, workers)
 
 
+IDLE = "+idle"  # the mode's suffix for runs with Horovod's threads at SCHED_IDLE
+MODES = ("notebook", "batch", "notebook" + IDLE, "batch" + IDLE)
+
+
 def _summary(mode: str, workers: int, r: dict, **extra) -> dict:
     h = r["history"]
+    idle = bool(r.get("idle_comm_threads"))  # as the ranks ran, not as asked
     return {
-        "mode": mode,
+        "mode": mode + (IDLE if idle else ""),
+        "idle_comm_threads": idle,
         "workers": workers,
         "samples_per_s": r["samples_per_s"],
         "per_worker_samples_per_s": r["samples_per_s"] / workers,
@@ -235,23 +241,33 @@ def study(
     ceiling: bool = True,
     progress=print,
     ranks_per_node: int = 1,
+    idle_comm_threads=None,
 ) -> list[dict]:
     """For each worker count, notebook and batch runs side by side, `repeats` times each, and
     with `ceiling` (above one worker) the independent trainings that bound both (`ceiling_run`).
 
+    `idle_comm_threads`: the settings of that option to run above one worker, e.g. (False, True)
+    to measure both side by side (default: the config's own); runs with it are the modes with
+    the suffix IDLE. One worker has no one to talk to and runs without it, as the base of both.
     The order rotates from repeat to repeat, so that a machine whose speed drifts during the
     study does not favour one mode; `ratios` compares medians.
     """
     out_root = Path(out_root or results_dir() / "scaling")
+    settings = tuple(idle_comm_threads or (config.idle_comm_threads,))
     rows = []
     for w in workers:
         c = weak_scaled(config, per_worker, w)
-        runs = [notebook_run, batch_run] + ([ceiling_run] if ceiling and w > 1 else [])
+        runs = [
+            (run, c.replace(idle_comm_threads=idle and w > 1))
+            for idle in (settings if w > 1 else (False,))
+            for run in (notebook_run, batch_run)
+        ]
+        runs += [(ceiling_run, c)] if ceiling and w > 1 else []
         for rep in range(repeats):
-            for run in runs[rep % len(runs) :] + runs[: rep % len(runs)]:
+            for run, rc in runs[rep % len(runs) :] + runs[: rep % len(runs)]:
                 kwargs = {} if run is notebook_run else {"out_root": out_root}
                 row = run(
-                    c,
+                    rc,
                     w,
                     data=data,
                     local=local,
@@ -262,7 +278,7 @@ def study(
                 )
                 rows.append({**row, "repeat": rep})
                 progress(
-                    f"{row['mode']:>11} x{w}: {row['samples_per_s']:8.0f} samples/s"
+                    f"{row['mode']:>13} x{w}: {row['samples_per_s']:8.0f} samples/s"
                     + (f", val acc {row['val_accuracy']:.3f}" if "val_accuracy" in row else "")
                 )
     return rows
@@ -277,21 +293,27 @@ def medians(rows: list[dict]) -> dict:
 
 
 def ratios(rows: list[dict]) -> dict:
-    """notebook/batch median throughput per worker count; Horovod's efficiency against the
-    ideal (`workers` x its own one-worker speed) and, where measured, against the ceiling (the
-    independent trainings of `ceiling_run`, which no communication cost can beat)."""
+    """notebook/batch median throughput per worker count (`notebook_over_batch`, and with the
+    suffix IDLE for the runs with idle_comm_threads); Horovod's efficiency against the ideal
+    (`workers` x the same mode's one-worker speed) and, where measured, against the ceiling (the
+    independent trainings of `ceiling_run`, which no communication cost can beat), per mode."""
     by = medians(rows)
-    workers = sorted({r["workers"] for r in rows if r["mode"] == "notebook"})
-    out = {"notebook_over_batch": {w: by[("notebook", w)] / by[("batch", w)] for w in workers}}
-    if 1 in workers:
+    modes = [m for m in MODES if any(mode == m for mode, _ in by)]
+    ws = {m: sorted(w for mode, w in by if mode == m) for m in modes}
+    out: dict = {}
+    for suffix in ("", IDLE):
+        nb, batch = "notebook" + suffix, "batch" + suffix
+        if nb in ws and batch in ws:
+            both = [w for w in ws[nb] if w in ws[batch]]
+            out["notebook_over_batch" + suffix] = {w: by[(nb, w)] / by[(batch, w)] for w in both}
+    base = {m: by.get((m.removesuffix(IDLE), 1)) for m in modes}  # one worker runs without it
+    if any(base.values()):
         out["efficiency"] = {
-            mode: {w: by[(mode, w)] / (w * by[(mode, 1)]) for w in workers}
-            for mode in ("notebook", "batch")
+            m: {w: by[(m, w)] / (w * base[m]) for w in ws[m]} for m in modes if base[m]
         }
-    measured = [w for w in workers if ("independent", w) in by]
-    if measured:
+    if any(mode == "independent" for mode, _ in by):
         out["of_ceiling"] = {
-            mode: {w: by[(mode, w)] / by[("independent", w)] for w in measured}
-            for mode in ("notebook", "batch")
+            m: {w: by[(m, w)] / by[("independent", w)] for w in ws[m] if ("independent", w) in by}
+            for m in modes
         }
     return out

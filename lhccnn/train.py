@@ -51,9 +51,8 @@ def horovod_init(idle_comm_threads: bool = False):
     it starts (Horovod's background loop, MPI's progress threads) moved to SCHED_IDLE, where
     they run only on a core that TensorFlow leaves idle. Where ranks share cores and talk over
     TCP (the mini SLURM's one rank per node), their polling otherwise takes the cores' time
-    from the training: 1.17x the samples/s there (2 ranks, median of 12 interleaved batch
-    runs, measured by hand; not yet a recorded benchmark). Linux only; the threads carry no
-    names, so they are found as the ones hvd.init() adds."""
+    from the training (notebook 02's study measures both settings side by side). Linux only;
+    the threads carry no names, so they are found as the ones hvd.init() adds."""
     import horovod.tensorflow.keras as hvd
 
     global _comm_threads_idle
@@ -300,6 +299,8 @@ def train(
         "wall_seconds": wall,
         "target_lr": target_lr,
         "weights_digest": weights_digest(model),
+        # what the ranks ran with, not what was asked (a notebook's own earlier hvd.init() wins)
+        "idle_comm_threads": _comm_threads_idle,
         # epoch 1 includes graph tracing: report the median of the later epochs when there are any
         "samples_per_s": float(np.median(history["samples_per_s"][1:] or history["samples_per_s"])),
     }

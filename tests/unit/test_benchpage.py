@@ -175,3 +175,26 @@ def test_the_throughput_section_leaves_one_cores_figures_to_their_own_section(tm
     results.write_bench("bench", "b", {}, figures, tmp_path)
     _, (tab,) = shown("throughput", tmp_path)
     assert list(tab.data.index) == ["size", "train_1rank_1thread_samples_per_s"]
+
+
+def test_notebook_vs_batch_shows_the_idle_comm_threads_runs_beside_the_default_and_the_ceiling(
+    tmp_path,
+):
+    rows = SCALING_ROWS + [
+        {"mode": mode, "workers": 2, "samples_per_s": s}
+        for mode, s in (("notebook+idle", 1800.0), ("batch+idle", 1850.0), ("independent", 2000.0))
+    ]
+    from lhccnn import scaling
+
+    results.write(
+        "02_horovod_scaling",
+        {**NOTEBOOKS["02_horovod_scaling"], "rows": rows, "ratios": scaling.ratios(rows)},
+        tmp_path,
+    )
+    _, (fig, tab, _) = shown("notebook_vs_batch", tmp_path)
+    assert tab.loc[2, "notebook / batch+idle"] == round(1800 / 1850, 3)
+    assert tab.loc[2, "batch+idle / ceiling"] == round(1850 / 2000, 3)
+    assert tab.loc[2, "batch / ceiling"] == round(1400.5 / 2000, 3)  # median of 1400 and 1401
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "notebook+idle (median)" in labels and "ceiling (independent)" in labels
+    assert len(fig.axes[1].get_lines()) == 3  # two ratios and the line at 1

@@ -25,6 +25,21 @@ def test_efficiency_against_the_ideal_and_the_ceiling():
     assert r["of_ceiling"] == {"notebook": {2: 1700 / 1900}, "batch": {2: 1800 / 1900}}
 
 
+def test_runs_with_idle_comm_threads_are_their_own_modes_on_the_same_one_worker_base():
+    rows = [
+        _row("notebook", 1, 1000), _row("batch", 1, 1000),
+        _row("notebook", 2, 1600), _row("batch", 2, 1700),
+        _row("notebook+idle", 2, 1800), _row("batch+idle", 2, 1900), _row("batch+idle", 2, 1850),
+        _row("independent", 2, 2000),
+    ]  # fmt: skip
+    r = scaling.ratios(rows)
+    assert r["notebook_over_batch"] == {1: 1.0, 2: pytest.approx(1600 / 1700)}
+    assert r["notebook_over_batch+idle"] == {2: pytest.approx(1800 / 1875)}
+    assert r["efficiency"]["batch+idle"] == {2: pytest.approx(1875 / 2000)}
+    assert r["of_ceiling"]["notebook+idle"] == {2: pytest.approx(0.9)}
+    assert r["of_ceiling"]["batch"] == {2: pytest.approx(0.85)}
+
+
 def test_no_ceiling_measured_no_ceiling_ratio():
     rows = [_row("notebook", 1, 1000), _row("batch", 1, 1000)]
     assert "of_ceiling" not in scaling.ratios(rows)
