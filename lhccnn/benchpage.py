@@ -215,6 +215,10 @@ def notebook_vs_batch(recs: dict) -> list:
             found = {k: v for k, v in f.items() if k.startswith(ratio)}
             if found:
                 parts.append(pd.DataFrame(found).T.rename_axis(name).round(3))
+        if f.get("time_shares_2_workers"):  # Horovod's timeline: where rank 0's time went
+            shares = f["time_shares_2_workers"]
+            parts.append(figure(plots.time_shares(shares)))
+            parts.append(pd.DataFrame(shares).T.rename_axis("rank 0's time, 2 workers").round(3))
         return parts
 
     def nb02(rec):

@@ -178,6 +178,27 @@ def scaling(rows: list[dict], axes=None):
     return axes
 
 
+def time_shares(shares: dict, ax=None):
+    """Where rank 0's time went, per mode (from Horovod's timeline, `scaling.time_shares`
+    keyed by mode): its own work, its waits for the other ranks, and the allreduce."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 0.6 + 0.5 * len(shares)))
+    modes = list(shares)
+    left = [0.0] * len(modes)
+    for part, color in (("compute", "#9fc5e8"), ("waiting_for_peers", "#f6b26b"),
+                        ("allreduce", "#e06666")):  # fmt: skip
+        widths = [shares[m][part] for m in modes]
+        ax.barh(modes, widths, left=left, color=color, label=part.replace("_", " "))
+        for y, (x, w) in enumerate(zip(left, widths)):
+            if w >= 0.04:  # label the parts wide enough to hold it
+                ax.text(x + w / 2, y, f"{w:.0%}", ha="center", va="center", fontsize=8)
+        left = [x + w for x, w in zip(left, widths)]
+    ax.set(xlim=(0, 1), xlabel="share of rank 0's time (Horovod timeline)")
+    ax.invert_yaxis()
+    ax.legend(ncol=3, fontsize="small", loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    return ax
+
+
 def crossover(a: dict, b: dict, child: dict, ax=None):
     """The paper's Fig. 6: a child takes each hyper-parameter from one parent or the other."""
     if ax is None:

@@ -70,8 +70,10 @@ def notebook_run(
     n_test=1024,
     cluster_options: dict | None = None,
     ranks_per_node: int = 1,
+    timeline: Path | None = None,
 ) -> dict:
-    """Train with Horovod on `workers` MPI engines started from here; rank 0's figures."""
+    """Train with Horovod on `workers` MPI engines started from here; rank 0's figures (with
+    `timeline`, a file for Horovod's timeline: where rank 0's time went, `timeline_steps`)."""
     spec = ClusterSpec(
         nodes=1 if local else layout(workers, ranks_per_node)[0],
         engines=workers,
@@ -82,7 +84,12 @@ def notebook_run(
     cluster = Cluster.start(spec)
     try:
         results = cluster.view.apply(
-            train, config, data=data or data_dir(), use_horovod=True, n_test=n_test
+            train,
+            config,
+            data=data or data_dir(),
+            use_horovod=True,
+            n_test=n_test,
+            timeline=timeline and str(timeline),
         )
     finally:
         stopped = cluster.stop()
@@ -94,6 +101,7 @@ def notebook_run(
         nodes=spec.nodes,
         startup_seconds=cluster.started_seconds,
         stop_seconds=stopped,
+        **({"timeline": timeline_steps(timeline)} if timeline else {}),
     )
 
 
@@ -107,11 +115,14 @@ def batch_run(
     cluster_options: dict | None = None,
     timeout=3600,
     ranks_per_node: int = 1,
+    timeline: Path | None = None,
 ) -> dict:
-    """The same training as a batch job: sbatch of the recipe (or plain mpirun with `local`)."""
+    """The same training as a batch job: sbatch of the recipe (or plain mpirun with `local`);
+    `timeline` as in notebook_run."""
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     args = config_to_args(config) + ["--data", str(data or data_dir()), "--n-test", str(n_test)]
+    args += ["--timeline", str(timeline)] if timeline else []
     nodes, per_node = (1, workers) if local else layout(workers, ranks_per_node)
     if local:
         out = out_root / f"batch-local-{workers}-{int(time.time() * 1000)}"
@@ -159,7 +170,8 @@ def batch_run(
     r["history"] = {
         k: [h[k] for h in json.loads((out / "history.json").read_text())] for k in ("val_accuracy",)
     }
-    return _summary("batch", workers, r, nodes=nodes, out=str(out))
+    extra = {"timeline": timeline_steps(timeline)} if timeline else {}
+    return _summary("batch", workers, r, nodes=nodes, out=str(out), **extra)
 
 
 def ceiling_run(
@@ -242,6 +254,7 @@ def study(
     progress=print,
     ranks_per_node: int = 1,
     idle_comm_threads=None,
+    timeline: bool = False,
 ) -> list[dict]:
     """For each worker count, notebook and batch runs side by side, `repeats` times each, and
     with `ceiling` (above one worker) the independent trainings that bound both (`ceiling_run`).
@@ -249,6 +262,9 @@ def study(
     `idle_comm_threads`: the settings of that option to run above one worker, e.g. (False, True)
     to measure both side by side (default: the config's own); runs with it are the modes with
     the suffix IDLE. One worker has no one to talk to and runs without it, as the base of both.
+    With `timeline`, each Horovod run above one worker records Horovod's timeline under
+    out_root/timelines, and its row says where rank 0's time went (`timeline_steps`): the
+    recording costs a little time of its own, so compare such runs with each other.
     The order rotates from repeat to repeat, so that a machine whose speed drifts during the
     study does not favour one mode; `ratios` compares medians.
     """
@@ -266,6 +282,10 @@ def study(
         for rep in range(repeats):
             for run, rc in runs[rep % len(runs) :] + runs[: rep % len(runs)]:
                 kwargs = {} if run is notebook_run else {"out_root": out_root}
+                if timeline and w > 1 and run is not ceiling_run:
+                    name = f"{run.__name__}-{w}-{int(rc.idle_comm_threads)}-{rep}.json"
+                    kwargs["timeline"] = out_root / "timelines" / name
+                    kwargs["timeline"].parent.mkdir(parents=True, exist_ok=True)
                 row = run(
                     rc,
                     w,
@@ -282,6 +302,67 @@ def study(
                     + (f", val acc {row['val_accuracy']:.3f}" if "val_accuracy" in row else "")
                 )
     return rows
+
+
+def timeline_steps(path) -> dict:
+    """Where rank 0's time goes, from Horovod's timeline (HOROVOD_TIMELINE, which rank 0
+    writes). A step allreduces each gradient once; after rank 0 has queued its last gradient it
+    can only wait: for the other ranks to queue theirs (`waiting_for_peers`: their straggling),
+    then for the allreduce itself. The rest of the span is rank 0's own work (`compute`: its
+    passes, input and callbacks). The other ranks' waits for rank 0 are not in rank 0's
+    timeline. A file cut off by a crash is read up to its last event."""
+    text = Path(path).read_text().rstrip().rstrip(",")
+    events = json.loads(text if text.endswith("]") else text + "]")
+    open_spans: dict = {}
+    spans = []  # (begin, end, phase, tensor) in microseconds
+    for e in events:
+        if e.get("ph") == "B":
+            open_spans.setdefault(e["pid"], []).append(e)
+        elif e.get("ph") == "E" and open_spans.get(e["pid"]):
+            b = open_spans[e["pid"]].pop()
+            if b["name"] in ("NEGOTIATE_ALLREDUCE", "ALLREDUCE"):
+                spans.append((b["ts"], e["ts"], b["name"], e["pid"]))
+    steps: list[dict] = []  # a tensor queued again starts the next step
+    for b, e, phase, tensor in sorted(spans):
+        if phase == "NEGOTIATE_ALLREDUCE":
+            if not steps or tensor in steps[-1]["tensors"]:
+                steps.append({"tensors": set(), "queued": [], "agreed": [], "end": e})
+            steps[-1]["tensors"].add(tensor)
+            steps[-1]["queued"].append(b)
+            steps[-1]["agreed"].append(e)
+        if steps:
+            steps[-1]["end"] = max(steps[-1]["end"], e)
+    if not steps:
+        raise ValueError(f"{path}: no allreduce in this Horovod timeline")
+    waits, reduces = [], []
+    for st in steps:
+        last_queued, agreed = max(st["queued"]), max(st["agreed"])
+        waits.append(max(0, agreed - last_queued))
+        reduces.append(st["end"] - max(agreed, last_queued))
+    span = steps[-1]["end"] - min(steps[0]["queued"])
+    return {
+        "steps": len(steps),
+        "span_s": span * 1e-6,
+        "waiting_for_peers_s": sum(waits) * 1e-6,
+        "allreduce_s": sum(reduces) * 1e-6,
+        "compute_s": (span - sum(waits) - sum(reduces)) * 1e-6,
+        "median_waiting_for_peers_ms": statistics.median(waits) * 1e-3,
+        "median_allreduce_ms": statistics.median(reduces) * 1e-3,
+    }
+
+
+def time_shares(rows: list[dict]) -> dict:
+    """Per (mode, workers) with recorded timelines: the median over the repeats of each part's
+    share of rank 0's time (compute, waiting_for_peers, allreduce; see timeline_steps)."""
+    groups: dict = {}
+    for r in rows:
+        if "timeline" in r:
+            groups.setdefault((r["mode"], r["workers"]), []).append(r["timeline"])
+    parts = ("compute", "waiting_for_peers", "allreduce")
+    return {
+        key: {p: statistics.median(t[f"{p}_s"] / t["span_s"] for t in ts) for p in parts}
+        for key, ts in groups.items()
+    }
 
 
 def medians(rows: list[dict]) -> dict:

@@ -46,20 +46,25 @@ def configure_threads(intra: int, inter: int) -> None:
         log.warning("TensorFlow already initialised; thread settings unchanged")
 
 
-def horovod_init(idle_comm_threads: bool = False):
+def horovod_init(idle_comm_threads: bool = False, timeline: str | Path | None = None):
     """hvd.init() (Horovod's Keras binding, returned), and with `idle_comm_threads` the threads
     it starts (Horovod's background loop, MPI's progress threads) moved to SCHED_IDLE, where
     they run only on a core that TensorFlow leaves idle. Where ranks share cores and talk over
     TCP (the mini SLURM's one rank per node), their polling otherwise takes the cores' time
     from the training (notebook 02's study measures both settings side by side). Linux only;
-    the threads carry no names, so they are found as the ones hvd.init() adds."""
+    the threads carry no names, so they are found as the ones hvd.init() adds. `timeline`: the
+    file where rank 0 records Horovod's timeline (`scaling.timeline_steps` reads it)."""
     import horovod.tensorflow.keras as hvd
 
     global _comm_threads_idle
     if hvd.is_initialized():  # e.g. train() after a notebook's own horovod_init()
         if idle_comm_threads and not _comm_threads_idle:
             log.warning("Horovod was initialised without idle_comm_threads: not applied")
+        if timeline:
+            log.warning("Horovod was initialised before: no timeline recorded in %s", timeline)
         return hvd
+    if timeline:  # read by hvd.init() only; only rank 0 writes the file
+        os.environ["HOROVOD_TIMELINE"] = str(timeline)
     before = set(os.listdir("/proc/self/task")) if idle_comm_threads else set()
     hvd.init()
     if idle_comm_threads:
@@ -229,12 +234,14 @@ def train(
     use_horovod: bool = False,
     n_test: int | None = None,
     callbacks=None,
+    timeline: str | Path | None = None,
 ) -> dict:
     """Train one model; return a result dict (history, test metrics, throughput, shard).
 
     With `use_horovod`, every rank calls this: each reads its own shard of the training and
     validation files, gradients are averaged by Horovod's DistributedOptimizer, and only rank 0
     writes files. `callbacks` are extra Keras callbacks (a fresh list each call: never mutated).
+    `timeline`: with Horovod, where rank 0 records Horovod's timeline (see horovod_init).
     """
     import numpy as np
     import tensorflow as tf
@@ -245,7 +252,7 @@ def train(
     rank, size = 0, 1
     if use_horovod:
         # Horovod: hvd.init() joins the ranks started by mpirun/srun/horovodrun
-        hvd = horovod_init(config.idle_comm_threads)
+        hvd = horovod_init(config.idle_comm_threads, timeline)
         rank, size = hvd.rank(), hvd.size()
     configure_threads(config.intra_threads, config.inter_threads)
     tf.keras.utils.set_random_seed(
@@ -413,6 +420,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="with --horovod: run Horovod's and MPI's polling threads at SCHED_IDLE, so that "
         "they use only cores the training leaves idle (helps where ranks share cores)",
     )
+    p.add_argument(
+        "--timeline",
+        metavar="FILE",
+        help="with --horovod: rank 0 records Horovod's timeline here (chrome://tracing reads it; "
+        "lhccnn.scaling.timeline_steps says where rank 0's time went)",
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     p.add_argument(
         "--verbose",
@@ -509,6 +522,9 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if a.timeline and not a.horovod:
+        print("error: --timeline records Horovod's timeline: it needs --horovod", file=sys.stderr)
+        return 2
     from .data import DataError
 
     try:
@@ -518,6 +534,7 @@ def main(argv=None) -> int:
             out_dir=a.out,
             use_horovod=a.horovod,
             n_test=a.n_test or (1024 if a.smoke else None),
+            timeline=a.timeline,
         )
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)

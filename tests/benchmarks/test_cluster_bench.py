@@ -107,3 +107,26 @@ def test_notebook_against_batch_at_1_2_4_workers(slurm):
     for row in rows:
         if row["workers"] == 4 and row["mode"] != "independent":
             assert row["val_accuracy"] > row["majority_rate"] + 0.1, row
+
+
+def test_where_rank_0s_time_goes_at_2_workers(slurm):
+    # Horovod's timeline (rank 0's): its own work, its waits for the other rank, the allreduce;
+    # both settings of idle_comm_threads side by side, in the paper's layout (one rank per node)
+    config = TrainConfig(n_val=2048, epochs=6 if FULL else 3, warmup_epochs=1.0)
+    rows = scaling.study(
+        config,
+        workers=(2,),
+        per_worker=4096 if FULL else 1024,
+        out_root=results_dir() / "scaling",
+        repeats=2 if FULL else 1,
+        ceiling=False,
+        progress=lambda line: None,
+        idle_comm_threads=(False, True),
+        timeline=True,
+    )
+    shares = scaling.time_shares(rows)
+    RECORD["time_shares_2_workers"] = {mode: v for (mode, _), v in shares.items()}
+    assert set(RECORD["time_shares_2_workers"]) == set(scaling.MODES)
+    for share in shares.values():
+        assert sum(share.values()) == pytest.approx(1.0)
+        assert share["compute"] > 0.5  # sanity: the ranks mostly train

@@ -69,6 +69,22 @@ def test_a_batch_run_packs_its_ranks_onto_one_node_when_asked(slurm, tiny_data, 
     assert row["nodes"] == 1 and row["workers"] == 2
 
 
+def test_a_batch_run_with_a_timeline_says_where_rank_0s_time_went(tiny_data, tmp_path):
+    from lhccnn import scaling
+    from lhccnn.config import TrainConfig
+
+    config = TrainConfig(n_train=1024, n_val=128, epochs=2, batch_size=64, warmup_epochs=0.0)
+    path = tmp_path / "timeline.json"
+    row = scaling.batch_run(config, 2, tmp_path, data=tiny_data, local=True, timeline=path)
+    t = row["timeline"]
+    assert t == scaling.timeline_steps(path)  # rank 0 wrote the file the row was read from
+    assert t["steps"] >= 2 * 8  # 8 steps of 64 per rank and epoch, each allreduces its gradients
+    assert t["compute_s"] > t["allreduce_s"] > 0 and t["waiting_for_peers_s"] >= 0
+    parts = t["compute_s"] + t["waiting_for_peers_s"] + t["allreduce_s"]
+    assert parts == pytest.approx(t["span_s"])
+    assert t["span_s"] < row["wall_seconds"]  # inside rank 0's training
+
+
 POLICIES = """
 import json, logging, os, sys
 import horovod.tensorflow.keras  # its import starts threads of its own (TensorFlow's)

@@ -4,6 +4,7 @@ notebook that measures the same thing, said to be the notebook's."""
 import matplotlib.pyplot as plt
 import pytest
 from IPython.display import Markdown
+from matplotlib.figure import Figure
 
 from lhccnn import benchpage, results
 
@@ -198,3 +199,24 @@ def test_notebook_vs_batch_shows_the_idle_comm_threads_runs_beside_the_default_a
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "notebook+idle (median)" in labels and "ceiling (independent)" in labels
     assert len(fig.axes[1].get_lines()) == 3  # two ratios and the line at 1
+
+
+def test_the_cluster_benchmarks_timeline_shows_where_rank_0s_time_went(tmp_path):
+    shares = {
+        "batch": {"compute": 0.8, "waiting_for_peers": 0.15, "allreduce": 0.05},
+        "batch+idle": {"compute": 0.9, "waiting_for_peers": 0.07, "allreduce": 0.03},
+    }
+    figures = {"rows": SCALING_ROWS, "notebook_over_batch": {"1": 1.0, "2": 1.0}}
+    results.write_bench(
+        "bench_cluster", "c", {}, {**figures, "time_shares_2_workers": shares}, tmp_path
+    )
+    _, parts = shown("notebook_vs_batch", tmp_path)
+    (bars,) = [p for p in parts if isinstance(p, Figure) and "rank 0" in p.axes[0].get_xlabel()]
+    assert [t.get_text() for t in bars.axes[0].get_yticklabels()] == ["batch", "batch+idle"]
+    assert "15%" in [t.get_text() for t in bars.axes[0].texts]
+    (tab,) = [
+        p
+        for p in parts
+        if getattr(p, "index", None) is not None and p.index.name == "rank 0's time, 2 workers"
+    ]
+    assert tab.loc["batch+idle", "waiting_for_peers"] == 0.07

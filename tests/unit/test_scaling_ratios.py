@@ -1,6 +1,8 @@
 """The scaling study's arithmetic: medians per mode and worker count, notebook/batch, and the
 efficiency against the ideal and against the measured ceiling of independent trainings."""
 
+import json
+
 import pytest
 
 from lhccnn import scaling
@@ -65,3 +67,62 @@ def test_ranks_are_laid_out_one_per_node_or_packed_as_asked():
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match=rf"ranks_per_node .* got {bad!r}"):
             scaling.layout(2, bad)
+
+
+def _timeline(steps):
+    """A Horovod timeline as rank 0 writes it: per tensor, negotiation, then the allreduce with
+    its MPI part nested inside (times in microseconds)."""
+    events = [{"name": "process_name", "ph": "M", "pid": 0, "args": {}}]
+    for step in steps:
+        for pid, (queued, agreed, reduced) in step.items():
+            events += [
+                {"ph": "B", "name": "NEGOTIATE_ALLREDUCE", "ts": queued, "pid": pid},
+                {"ph": "X", "name": "1", "ts": agreed, "pid": pid, "dur": 0},
+                {"ph": "E", "ts": agreed, "pid": pid},
+                {"ph": "B", "name": "ALLREDUCE", "ts": agreed, "pid": pid},
+                {"ph": "B", "name": "MPI_ALLREDUCE", "ts": agreed + 1, "pid": pid},
+                {"ph": "E", "ts": reduced - 1, "pid": pid},
+                {"ph": "E", "ts": reduced, "pid": pid},
+            ]
+    return json.dumps(events)
+
+
+def test_the_timeline_says_how_long_rank_0_waited_for_its_peers_and_for_the_allreduce(tmp_path):
+    # step 1: rank 0 queues its last gradient at 1000 us, the other rank at 3000 (2 ms of waiting
+    # for a peer), the sum is back at 3500; step 2: no one waits, the allreduce takes 1 ms
+    steps = [
+        {1: (0, 100, 3500), 2: (1000, 3000, 3500)},
+        {1: (10_000, 10_010, 11_510), 2: (10_500, 10_510, 11_510)},
+    ]
+    path = tmp_path / "timeline.json"
+    path.write_text(_timeline(steps))
+    t = scaling.timeline_steps(path)
+    assert t["steps"] == 2
+    assert t["span_s"] == pytest.approx(0.011510)
+    assert t["waiting_for_peers_s"] == pytest.approx(0.002010)
+    assert t["allreduce_s"] == pytest.approx(0.0015)
+    assert t["compute_s"] == pytest.approx(0.008)
+    assert t["median_allreduce_ms"] == pytest.approx(0.75)
+
+    # a run that crashed leaves the file without its closing bracket, cut after an event
+    path.write_text(_timeline(steps[:1]).rstrip("]") + ",")
+    assert scaling.timeline_steps(path)["steps"] == 1
+    path.write_text("[\n")
+    with pytest.raises(ValueError, match="no allreduce in this Horovod timeline"):
+        scaling.timeline_steps(path)
+
+
+def test_time_shares_are_medians_over_the_repeats_of_each_parts_share():
+    def timed(mode, compute, wait, reduce):
+        t = {"compute_s": compute, "waiting_for_peers_s": wait, "allreduce_s": reduce}
+        return {**_row(mode, 2, 1000), "timeline": {**t, "span_s": compute + wait + reduce}}
+
+    rows = [
+        timed("batch", 8, 1, 1), timed("batch", 6, 2, 2), timed("batch", 9, 0.5, 0.5),
+        timed("batch+idle", 9, 0.5, 0.5), _row("independent", 2, 2000),
+    ]  # fmt: skip
+    shares = scaling.time_shares(rows)
+    assert set(shares) == {("batch", 2), ("batch+idle", 2)}  # runs without a timeline: none
+    assert shares[("batch", 2)] == pytest.approx(
+        {"compute": 0.8, "waiting_for_peers": 0.1, "allreduce": 0.1}
+    )

@@ -55,6 +55,12 @@ def test_cli_reports_missing_data_clearly(tmp_path, capsys):
     assert "train.h5" in err and "no such file" in err
 
 
+def test_cli_refuses_a_timeline_without_horovod(tmp_path, capsys):
+    assert main(["--smoke", "--timeline", str(tmp_path / "t.json")]) == 2
+    assert "--timeline records Horovod's timeline: it needs --horovod" in capsys.readouterr().err
+    assert not (tmp_path / "t.json").exists()
+
+
 def test_warmup_ramps_lr_linearly_to_the_scaled_value():
     import numpy as np
     import tensorflow as tf
