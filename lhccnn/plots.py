@@ -142,7 +142,8 @@ def scaling(rows: list[dict], axes=None):
     by_mode: dict = {}
     for (mode, w), v in medians(rows).items():
         by_mode.setdefault(mode, {})[w] = v
-    ws = sorted(by_mode["batch"])
+    ws = sorted({w for m in MODES for w in by_mode.get(m, {})})
+    base = next(by_mode[m] for m in ("batch", *MODES) if ws[0] in by_mode.get(m, {}))
     styles = dict(zip(MODES, ("o-", "s--", "o-.", "s-.")))
     for mode in (m for m in MODES if m in by_mode):
         mw = sorted(by_mode[mode])
@@ -157,9 +158,7 @@ def scaling(rows: list[dict], axes=None):
             color=line.get_color(),
             alpha=0.4,
         )
-    axes[0].plot(
-        ws, [by_mode["batch"][ws[0]] * w / ws[0] for w in ws], ":", color="0.6", label="ideal"
-    )
+    axes[0].plot(ws, [base[ws[0]] * w / ws[0] for w in ws], ":", color="0.6", label="ideal")
     ceiling = by_mode.get("independent", {})
     if ceiling:  # independent trainings, no communication: the most ranks here can reach
         cw = sorted(ceiling)

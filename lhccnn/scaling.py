@@ -274,7 +274,7 @@ def study(
     for w in workers:
         c = weak_scaled(config, per_worker, w)
         runs = [
-            (run, c.replace(idle_comm_threads=idle and w > 1))
+            (run, c.replace(idle_comm_threads=idle))
             for idle in (settings if w > 1 else (False,))
             for run in (notebook_run, batch_run)
         ]

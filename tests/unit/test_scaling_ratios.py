@@ -126,3 +126,26 @@ def test_time_shares_are_medians_over_the_repeats_of_each_parts_share():
     assert shares[("batch", 2)] == pytest.approx(
         {"compute": 0.8, "waiting_for_peers": 0.1, "allreduce": 0.1}
     )
+
+
+def test_the_scaling_plot_draws_a_study_of_the_idle_option_alone():
+    import matplotlib.pyplot as plt
+
+    from lhccnn import plots
+
+    rows = [
+        _row("notebook+idle", 2, 1800),
+        _row("batch+idle", 2, 1900),
+        _row("independent", 2, 2000),
+    ]
+    axes = plots.scaling(rows)
+    labels = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    assert labels == [
+        "notebook+idle (median)",
+        "batch+idle (median)",
+        "ideal",
+        "ceiling (independent)",
+    ]
+    (ratio,) = [line for line in axes[1].get_lines() if line.get_label().startswith("notebook")]
+    assert list(ratio.get_ydata()) == pytest.approx([1800 / 1900])
+    plt.close("all")
