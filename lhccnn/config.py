@@ -69,7 +69,7 @@ class TrainConfig:
     inter_threads: int = 1
     precision: str = "float32"  # or "mixed_bfloat16": an option, not the default (see benchmarks)
     # Horovod's and MPI's polling threads at SCHED_IDLE: they then run only on a core TensorFlow
-    # leaves idle (train.horovod_init); an option until measured in the notebooks' studies
+    # leaves idle (train.horovod_init); off by default, notebook 02's study measures both
     idle_comm_threads: bool = False
     verbose: int = 0  # Keras progress bars; train.py logs one line per epoch regardless
     model: ModelConfig = field(default_factory=ModelConfig)
