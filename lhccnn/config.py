@@ -71,6 +71,10 @@ class TrainConfig:
     # Horovod's and MPI's polling threads at SCHED_IDLE: they then run only on a core TensorFlow
     # leaves idle (train.horovod_init); off by default, notebook 02's study measures both
     idle_comm_threads: bool = False
+    # each process bound to its share of its machine's cores (train.core_share): where ranks
+    # share a machine, none waits for a core the other's threads hold; a rank alone on its
+    # machine keeps every core (notebook 02's study measures both settings)
+    pin_cores: bool = False
     verbose: int = 0  # Keras progress bars; train.py logs one line per epoch regardless
     model: ModelConfig = field(default_factory=ModelConfig)
 

@@ -41,15 +41,19 @@ def layout(workers: int, ranks_per_node: int = 1) -> tuple[int, int]:
 
 
 IDLE = "+idle"  # the mode's suffix for runs with Horovod's threads at SCHED_IDLE
+PINNED = "+pinned"  # and for runs whose processes split their machines' cores (pin_cores)
 MODES = ("notebook", "batch", "notebook" + IDLE, "batch" + IDLE)
+ALL_MODES = MODES + tuple(m + PINNED for m in MODES)
 
 
 def _summary(mode: str, workers: int, r: dict, **extra) -> dict:
     h = r["history"]
     idle = bool(r.get("idle_comm_threads"))  # as the ranks ran, not as asked
+    pinned = r.get("pinned_cores") is not None
     return {
-        "mode": mode + (IDLE if idle else ""),
+        "mode": mode + (IDLE if idle else "") + (PINNED if pinned else ""),
         "idle_comm_threads": idle,
+        "pinned_cores": r.get("pinned_cores"),
         "workers": workers,
         "samples_per_s": r["samples_per_s"],
         "per_worker_samples_per_s": r["samples_per_s"] / workers,
@@ -189,15 +193,21 @@ def ceiling_run(
     share, started together and never talking to each other. Their summed throughput is what
     Horovod would reach if its allreduce and coordination were free; ranks that share a
     machine's caches and memory bandwidth fall short of `workers` x one alone even so. Local:
-    processes here; otherwise one srun step laid out as the batch job's ranks."""
+    processes here; otherwise one srun step laid out as the batch job's ranks. With
+    config.pin_cores, the trainings on one machine split its cores as Horovod's ranks would."""
     out = Path(out_root) / f"ceiling-{workers}-{int(time.time() * 1000)}"
     share = config.replace(n_train=config.n_train // workers)
     args = config_to_args(share) + ["--data", str(data or data_dir()), "--n-test", str(n_test)]
     cmd = [sys.executable, "-m", "lhccnn.train", *args]
+    pins = str(out / "pins")  # where the pinned trainings find each other's machines
     if local:
         procs = [
             subprocess.Popen(
-                [*cmd, "--out", str(out / f"task{i}")],
+                [
+                    *cmd,
+                    *("--out", str(out / f"task{i}")),
+                    *(("--pin-group", pins, str(i), str(workers)) if config.pin_cores else ()),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -213,6 +223,8 @@ def ceiling_run(
         nodes, per_node = layout(workers, ranks_per_node)
         spec = ClusterSpec(nodes=nodes, engines=workers, **(cluster_options or {}))
         task = shlex.join(cmd) + f' --out "{out}/task$SLURM_PROCID"'
+        if config.pin_cores:
+            task += f" --pin-group {shlex.quote(pins)} $SLURM_PROCID $SLURM_NTASKS"
         slurm.run(
             "srun",
             f"--nodes={nodes}",
@@ -225,17 +237,17 @@ def ceiling_run(
             task,
             timeout=timeout,
         )
-    tasks = [
-        json.loads((out / f"task{i}" / "metrics.json").read_text())["samples_per_s"]
-        for i in range(workers)
-    ]
+    metrics = [json.loads((out / f"task{i}" / "metrics.json").read_text()) for i in range(workers)]
+    tasks = [m["samples_per_s"] for m in metrics]
+    cores = [m.get("pinned_cores") for m in metrics]
     total = sum(tasks)
     return {
-        "mode": "independent",
+        "mode": "independent" + (PINNED if all(c is not None for c in cores) else ""),
         "workers": workers,
         "samples_per_s": total,
         "per_worker_samples_per_s": total / workers,
         "task_samples_per_s": tasks,
+        "task_cores": cores,
         "out": str(out),
     }
 
@@ -255,6 +267,7 @@ def study(
     ranks_per_node: int = 1,
     idle_comm_threads=None,
     timeline: bool = False,
+    pin_cores=None,
 ) -> list[dict]:
     """For each worker count, notebook and batch runs side by side, `repeats` times each, and
     with `ceiling` (above one worker) the independent trainings that bound both (`ceiling_run`).
@@ -262,6 +275,8 @@ def study(
     `idle_comm_threads`: the settings of that option to run above one worker, e.g. (False, True)
     to measure both side by side (default: the config's own); runs with it are the modes with
     the suffix IDLE. One worker has no one to talk to and runs without it, as the base of both.
+    `pin_cores`: likewise for pinning, e.g. (False, True); the pinned runs (suffix PINNED) have
+    a pinned ceiling of their own, and one worker, alone on its machine, runs unpinned.
     With `timeline`, each Horovod run above one worker records Horovod's timeline under
     out_root/timelines, and its row says where rank 0's time went (`timeline_steps`): the
     recording costs a little time of its own, so compare such runs with each other.
@@ -270,20 +285,24 @@ def study(
     """
     out_root = Path(out_root or results_dir() / "scaling")
     settings = tuple(idle_comm_threads or (config.idle_comm_threads,))
+    pinning = tuple(pin_cores or (config.pin_cores,))
     rows = []
     for w in workers:
         c = weak_scaled(config, per_worker, w)
-        runs = [
-            (run, c.replace(idle_comm_threads=idle))
-            for idle in (settings if w > 1 else (False,))
-            for run in (notebook_run, batch_run)
-        ]
-        runs += [(ceiling_run, c)] if ceiling and w > 1 else []
+        runs = []
+        for pin in pinning if w > 1 else (False,):
+            runs += [
+                (run, c.replace(idle_comm_threads=idle, pin_cores=pin))
+                for idle in (settings if w > 1 else (False,))
+                for run in (notebook_run, batch_run)
+            ]
+            runs += [(ceiling_run, c.replace(pin_cores=pin))] if ceiling and w > 1 else []
         for rep in range(repeats):
             for run, rc in runs[rep % len(runs) :] + runs[: rep % len(runs)]:
                 kwargs = {} if run is notebook_run else {"out_root": out_root}
                 if timeline and w > 1 and run is not ceiling_run:
-                    name = f"{run.__name__}-{w}-{int(rc.idle_comm_threads)}-{rep}.json"
+                    flags = f"{int(rc.idle_comm_threads)}{int(rc.pin_cores)}"
+                    name = f"{run.__name__}-{w}-{flags}-{rep}.json"
                     kwargs["timeline"] = out_root / "timelines" / name
                     kwargs["timeline"].parent.mkdir(parents=True, exist_ok=True)
                 row = run(
@@ -298,7 +317,7 @@ def study(
                 )
                 rows.append({**row, "repeat": rep})
                 progress(
-                    f"{row['mode']:>13} x{w}: {row['samples_per_s']:8.0f} samples/s"
+                    f"{row['mode']:>21} x{w}: {row['samples_per_s']:8.0f} samples/s"
                     + (f", val acc {row['val_accuracy']:.3f}" if "val_accuracy" in row else "")
                 )
     return rows
@@ -375,26 +394,28 @@ def medians(rows: list[dict]) -> dict:
 
 def ratios(rows: list[dict]) -> dict:
     """notebook/batch median throughput per worker count (`notebook_over_batch`, and with the
-    suffix IDLE for the runs with idle_comm_threads); Horovod's efficiency against the ideal
-    (`workers` x the same mode's one-worker speed) and, where measured, against the ceiling (the
-    independent trainings of `ceiling_run`, which no communication cost can beat), per mode."""
+    suffixes IDLE and PINNED for the runs with those options); Horovod's efficiency against the
+    ideal (`workers` x the same mode's one-worker speed, which runs without either option) and,
+    where measured, against the ceiling (the independent trainings of `ceiling_run`, which no
+    communication cost can beat; pinned likewise for the pinned modes), per mode."""
     by = medians(rows)
-    modes = [m for m in MODES if any(mode == m for mode, _ in by)]
+    modes = [m for m in ALL_MODES if any(mode == m for mode, _ in by)]
     ws = {m: sorted(w for mode, w in by if mode == m) for m in modes}
     out: dict = {}
-    for suffix in ("", IDLE):
+    for suffix in ("", IDLE, PINNED, IDLE + PINNED):
         nb, batch = "notebook" + suffix, "batch" + suffix
         if nb in ws and batch in ws:
             both = [w for w in ws[nb] if w in ws[batch]]
             out["notebook_over_batch" + suffix] = {w: by[(nb, w)] / by[(batch, w)] for w in both}
-    base = {m: by.get((m.removesuffix(IDLE), 1)) for m in modes}  # one worker runs without it
+    base = {m: by.get((m.split("+")[0], 1)) for m in modes}  # one worker runs without options
     if any(base.values()):
         out["efficiency"] = {
             m: {w: by[(m, w)] / (w * base[m]) for w in ws[m]} for m in modes if base[m]
         }
-    if any(mode == "independent" for mode, _ in by):
+    if any(mode.startswith("independent") for mode, _ in by):
+        ceiling = {m: "independent" + (PINNED if m.endswith(PINNED) else "") for m in modes}
         out["of_ceiling"] = {
-            m: {w: by[(m, w)] / by[("independent", w)] for w in ws[m] if ("independent", w) in by}
+            m: {w: by[(m, w)] / by[(ceiling[m], w)] for w in ws[m] if (ceiling[m], w) in by}
             for m in modes
         }
     return out

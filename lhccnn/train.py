@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -76,6 +77,54 @@ def horovod_init(idle_comm_threads: bool = False, timeline: str | Path | None = 
 
 
 _comm_threads_idle = False  # whether horovod_init() has lowered this process's threads
+
+
+def core_share(machines: list, rank: int, cores: list[int]) -> list[int]:
+    """The cores of rank `rank`: the ranks on one machine (equal entries of `machines`, one
+    per rank) split that machine's `cores` into contiguous slices, in rank order, as evenly as
+    the count allows; with more such ranks than cores, they take the cores in turn."""
+    peers = [r for r, m in enumerate(machines) if m == machines[rank]]
+    i, k, n = peers.index(rank), len(peers), len(cores)
+    if k > n:
+        return [cores[i % n]]
+    return cores[i * n // k : (i + 1) * n // k]
+
+
+def machine_key() -> str:
+    """Which machine this process runs on: its host name and the kernel's boot id (SLURM's
+    node names can differ where one machine runs several nodes, as in the mini SLURM)."""
+    boot = Path("/proc/sys/kernel/random/boot_id")
+    return f"{socket.gethostname()}/{boot.read_text().strip() if boot.exists() else ''}"
+
+
+def group_machines(folder, rank: int, size: int, key=None, timeout: float = 300) -> list[str]:
+    """The machine (`key`, default machine_key()) of each of `size` processes started together
+    without a communicator (the scaling study's independent trainings): each writes its own
+    into `folder` and waits for the others'. A process that never comes ends the wait with an
+    error naming who is missing."""
+    if not 0 <= rank < size:
+        raise ValueError(f"pin group rank must be in 0..{size - 1}, got {rank}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / f"{rank}.json", key or machine_key())
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = [r for r in range(size) if not (folder / f"{r}.json").exists()]
+        if not missing:
+            return [json.loads((folder / f"{r}.json").read_text()) for r in range(size)]
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"pin group {folder}: after {timeout:.0f} s no machine from rank(s) {missing}"
+            )
+        time.sleep(0.05)
+
+
+def pin_threads(cores: list[int]) -> list[int]:
+    """Bind every thread of this process to `cores`; threads started later inherit it."""
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that has already ended
+            os.sched_setaffinity(int(tid), cores)
+    return cores
 
 
 def warm_up_worker() -> str:
@@ -235,6 +284,7 @@ def train(
     n_test: int | None = None,
     callbacks=None,
     timeline: str | Path | None = None,
+    pin_group: tuple | None = None,
 ) -> dict:
     """Train one model; return a result dict (history, test metrics, throughput, shard).
 
@@ -242,6 +292,9 @@ def train(
     validation files, gradients are averaged by Horovod's DistributedOptimizer, and only rank 0
     writes files. `callbacks` are extra Keras callbacks (a fresh list each call: never mutated).
     `timeline`: with Horovod, where rank 0 records Horovod's timeline (see horovod_init).
+    With config.pin_cores, the processes that share a machine split its cores (core_share):
+    Horovod's ranks find each other's machines through Horovod, independent trainings
+    started together through `pin_group`, (folder, index, count) for group_machines.
     """
     import numpy as np
     import tensorflow as tf
@@ -255,6 +308,21 @@ def train(
         hvd = horovod_init(config.idle_comm_threads, timeline)
         rank, size = hvd.rank(), hvd.size()
     configure_threads(config.intra_threads, config.inter_threads)
+    cores = None
+    if config.pin_cores:  # after configure_threads: the allgather runs TensorFlow ops
+        allowed = sorted(os.sched_getaffinity(0))
+        # processes split only the cores they were all given: ranks that a launcher has bound
+        # already (srun --cpu-bind, mpirun --bind-to) keep their own cores
+        key = f"{machine_key()} cores {allowed}"
+        if use_horovod:
+            import horovod.tensorflow
+
+            machines, me = horovod.tensorflow.allgather_object(key), rank
+        elif pin_group:
+            machines, me = group_machines(*pin_group, key=key), pin_group[1]
+        else:
+            machines, me = [key], 0
+        cores = pin_threads(core_share(machines, me, allowed))
     tf.keras.utils.set_random_seed(
         config.seed + rank
     )  # per-rank shuffles; weights come from rank 0
@@ -308,6 +376,7 @@ def train(
         "weights_digest": weights_digest(model),
         # what the ranks ran with, not what was asked (a notebook's own earlier hvd.init() wins)
         "idle_comm_threads": _comm_threads_idle,
+        "pinned_cores": cores,
         # epoch 1 includes graph tracing: report the median of the later epochs when there are any
         "samples_per_s": float(np.median(history["samples_per_s"][1:] or history["samples_per_s"])),
     }
@@ -421,6 +490,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         "they use only cores the training leaves idle (helps where ranks share cores)",
     )
     p.add_argument(
+        "--pin-cores",
+        action="store_true",
+        help="bind each process to its share of its machine's cores: ranks on one machine "
+        "split them (with --horovod; or independent trainings started together, --pin-group)",
+    )
+    p.add_argument(
+        "--pin-group",
+        nargs=3,
+        metavar=("FOLDER", "INDEX", "COUNT"),
+        help="with --pin-cores and without --horovod: this training is INDEX of COUNT started "
+        "together, which find each other's machines through FOLDER (a new one per group)",
+    )
+    p.add_argument(
         "--timeline",
         metavar="FILE",
         help="with --horovod: rank 0 records Horovod's timeline here (chrome://tracing reads it; "
@@ -452,6 +534,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         streaming=not a.in_memory,
         precision=a.precision,
         idle_comm_threads=a.idle_comm_threads,
+        pin_cores=a.pin_cores,
         seed=a.seed,
         verbose=a.verbose,
         model_optimizer=a.optimizer,
@@ -483,6 +566,7 @@ def config_to_args(config: TrainConfig) -> list[str]:
         "--precision",
         config.precision,
         *(["--idle-comm-threads"] if config.idle_comm_threads else []),
+        *(["--pin-cores"] if config.pin_cores else []),
         "--optimizer",
         m.optimizer,
         "--lr",
@@ -525,6 +609,20 @@ def main(argv=None) -> int:
     if a.timeline and not a.horovod:
         print("error: --timeline records Horovod's timeline: it needs --horovod", file=sys.stderr)
         return 2
+    pin_group = None
+    if a.pin_group:
+        if a.horovod or not a.pin_cores:
+            print("error: --pin-group needs --pin-cores and no --horovod", file=sys.stderr)
+            return 2
+        folder, index, count = a.pin_group
+        if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+            print(
+                f"error: --pin-group needs whole numbers 0 <= INDEX < COUNT, got {index!r} "
+                f"and {count!r}",
+                file=sys.stderr,
+            )
+            return 2
+        pin_group = (folder, int(index), int(count))
     from .data import DataError
 
     try:
@@ -535,6 +633,7 @@ def main(argv=None) -> int:
             use_horovod=a.horovod,
             n_test=a.n_test or (1024 if a.smoke else None),
             timeline=a.timeline,
+            pin_group=pin_group,
         )
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)

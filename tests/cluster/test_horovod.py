@@ -119,3 +119,55 @@ def test_idle_comm_threads_lowers_only_the_threads_hvd_init_starts(idle):
         assert r["idle"] not in r["old"], r  # the training's own threads keep their priority
         # asking again says so only where the first call did not lower them
         assert r["warned"] == (0 if idle else 1), r
+
+
+PINNED = """
+import json, os, sys
+from lhccnn.config import TrainConfig
+from lhccnn.train import train
+config = TrainConfig(n_train=512, n_val=128, epochs=1, batch_size=64, warmup_epochs=0.0,
+                     pin_cores=True)
+r = train(config, data=sys.argv[1], use_horovod=True, n_test=128)
+threads = [sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")]
+print(json.dumps({"rank": r["rank"], "cores": r["pinned_cores"], "threads": threads}))
+"""
+
+
+def test_ranks_sharing_a_machine_split_its_cores_down_to_every_thread(tiny_data):
+    import os
+
+    p = subprocess.run(
+        ["mpirun", "-np", "2", "--bind-to", "none", "--oversubscribe",
+         sys.executable, "-c", PINNED, str(tiny_data)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    ranks = sorted(
+        (json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")),
+        key=lambda r: r["rank"],
+    )
+    allowed = sorted(os.sched_getaffinity(0))
+    half = len(allowed) // 2
+    assert [r["cores"] for r in ranks] == [allowed[:half], allowed[half:]]
+    for r in ranks:  # TensorFlow's threads, started after the pinning, inherit it
+        assert len(r["threads"]) > 3 and all(t == r["cores"] for t in r["threads"]), r
+
+
+def test_independent_trainings_started_together_split_the_machines_cores(tiny_data, tmp_path):
+    from lhccnn import scaling
+    from lhccnn.config import TrainConfig
+
+    config = TrainConfig(n_train=512, n_val=128, epochs=1, batch_size=64, pin_cores=True)
+    row = scaling.ceiling_run(config, 2, tmp_path, data=tiny_data, local=True, n_test=128)
+    assert row["mode"] == "independent" + scaling.PINNED
+    (a, b) = row["task_cores"]
+    assert a and b and not set(a) & set(b)  # each its own share, none twice
+
+
+def test_pin_group_without_pin_cores_or_with_a_bad_index_is_refused(tmp_path):
+    from lhccnn.train import main
+
+    assert main(["--smoke", "--pin-group", str(tmp_path), "0", "2"]) == 2
+    assert main(["--smoke", "--pin-cores", "--pin-group", str(tmp_path), "2", "2"]) == 2
+    assert main(["--smoke", "--pin-cores", "--pin-group", str(tmp_path), "one", "2"]) == 2
+    assert not list(tmp_path.iterdir())  # refused before any training started

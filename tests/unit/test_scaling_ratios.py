@@ -42,6 +42,22 @@ def test_runs_with_idle_comm_threads_are_their_own_modes_on_the_same_one_worker_
     assert r["of_ceiling"]["batch"] == {2: pytest.approx(0.85)}
 
 
+def test_pinned_runs_are_measured_against_the_pinned_ceiling_on_the_unpinned_base():
+    rows = [
+        _row("notebook", 1, 1000), _row("batch", 1, 1000),
+        _row("batch", 2, 1700), _row("independent", 2, 2000),
+        _row("notebook+pinned", 2, 1800), _row("batch+pinned", 2, 2000),
+        _row("batch+idle+pinned", 2, 2100), _row("notebook+idle+pinned", 2, 2100),
+        _row("independent+pinned", 2, 2200),
+    ]  # fmt: skip
+    r = scaling.ratios(rows)
+    assert r["notebook_over_batch+pinned"] == {2: pytest.approx(0.9)}
+    assert r["notebook_over_batch+idle+pinned"] == {2: 1.0}
+    assert r["efficiency"]["batch+pinned"] == {2: 1.0}  # 2 x the one worker's 1000
+    assert r["of_ceiling"]["batch+pinned"] == {2: pytest.approx(2000 / 2200)}
+    assert r["of_ceiling"]["batch"] == {2: pytest.approx(0.85)}  # the unpinned ceiling
+
+
 def test_no_ceiling_measured_no_ceiling_ratio():
     rows = [_row("notebook", 1, 1000), _row("batch", 1, 1000)]
     assert "of_ceiling" not in scaling.ratios(rows)

@@ -98,5 +98,21 @@ def test_config_round_trips_through_cli_arguments():
         lr_scaling="sqrt",
         precision="mixed_bfloat16",
         idle_comm_threads=True,
+        pin_cores=True,
     ).replace(model_conv_sizes=(4, 8), model_lr=0.01, model_optimizer="Nadam")
     assert config_from_args(parse_args(config_to_args(c))) == c
+
+
+def test_ranks_on_one_machine_split_its_cores_and_a_rank_alone_keeps_them_all():
+    from lhccnn.train import core_share
+
+    two = ["a", "a"]
+    assert [core_share(two, r, [0, 1]) for r in (0, 1)] == [[0], [1]]
+    # the paper's layout on real nodes: one rank per machine keeps every core it may use
+    assert core_share(["a", "b"], 1, [0, 1, 2, 3]) == [0, 1, 2, 3]
+    # 3 ranks on 4 cores: every core used, none twice; 3 ranks on 2 cores: in turn
+    assert [core_share(["a"] * 3, r, [0, 1, 2, 3]) for r in range(3)] == [[0], [1], [2, 3]]
+    assert [core_share(["a"] * 3, r, [4, 5]) for r in range(3)] == [[4], [5], [4]]
+    # ranks of two machines, interleaved: each machine's ranks split its own cores
+    mixed = ["a", "b", "a", "b"]
+    assert [core_share(mixed, r, [0, 1]) for r in range(4)] == [[0], [0], [1], [1]]
