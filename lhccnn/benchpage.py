@@ -75,14 +75,13 @@ def values(label: str, rows: dict) -> pd.DataFrame:
 
 def scaling_table(rows: list[dict], ratios: dict) -> pd.DataFrame:
     """Median samples/s per number of workers and mode, notebook/batch, and each mode against
-    the ceiling (the suffix +idle: runs with idle_comm_threads)."""
+    the ceiling (the suffixes +idle and +pinned: runs with idle_comm_threads, pin_cores)."""
     med = pd.DataFrame(rows).groupby(["workers", "mode"])["samples_per_s"].median()
     med = med.unstack("mode")
     med.columns = [f"{c} samples/s (median)" for c in med.columns]
-    for key in ("notebook_over_batch", "notebook_over_batch+idle"):
-        if key in ratios:
-            ratio = {int(w): r for w, r in ratios[key].items()}
-            med["notebook / batch" + key.removeprefix("notebook_over_batch")] = pd.Series(ratio)
+    for key in (k for k in ratios if k.startswith("notebook_over_batch")):
+        ratio = {int(w): r for w, r in ratios[key].items()}
+        med["notebook / batch" + key.removeprefix("notebook_over_batch")] = pd.Series(ratio)
     for mode, of in ratios.get("of_ceiling", {}).items():
         med[f"{mode} / ceiling"] = pd.Series({int(w): r for w, r in of.items()})
     return med.round(3)

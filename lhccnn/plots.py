@@ -133,19 +133,19 @@ def roc(pred: dict, axes=None):
 
 def scaling(rows: list[dict], axes=None):
     """Median throughput against workers, notebook and batch (the paper's Fig. 2; dash-dotted:
-    with idle_comm_threads, where measured), beside the ideal and the measured ceiling
-    (independent trainings, where measured); the notebook/batch ratio."""
+    with idle_comm_threads; triangles: pinned, where measured), beside the ideal and the
+    measured ceilings (independent trainings, where measured); the notebook/batch ratios."""
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    from .scaling import IDLE, MODES, medians
+    from .scaling import ALL_MODES, IDLE, PINNED, medians
 
     by_mode: dict = {}
     for (mode, w), v in medians(rows).items():
         by_mode.setdefault(mode, {})[w] = v
-    ws = sorted({w for m in MODES for w in by_mode.get(m, {})})
-    base = next(by_mode[m] for m in ("batch", *MODES) if ws[0] in by_mode.get(m, {}))
-    styles = dict(zip(MODES, ("o-", "s--", "o-.", "s-.")))
-    for mode in (m for m in MODES if m in by_mode):
+    ws = sorted({w for m in ALL_MODES for w in by_mode.get(m, {})})
+    base = next(by_mode[m] for m in ("batch", *ALL_MODES) if ws[0] in by_mode.get(m, {}))
+    styles = dict(zip(ALL_MODES, ("o-", "s--", "o-.", "s-.", "^-", "v--", "^-.", "v-.")))
+    for mode in (m for m in ALL_MODES if m in by_mode):
         mw = sorted(by_mode[mode])
         (line,) = axes[0].plot(
             mw, [by_mode[mode][w] for w in mw], styles[mode], label=f"{mode} (median)"
@@ -159,17 +159,19 @@ def scaling(rows: list[dict], axes=None):
             alpha=0.4,
         )
     axes[0].plot(ws, [base[ws[0]] * w / ws[0] for w in ws], ":", color="0.6", label="ideal")
-    ceiling = by_mode.get("independent", {})
-    if ceiling:  # independent trainings, no communication: the most ranks here can reach
-        cw = sorted(ceiling)
-        axes[0].plot(cw, [ceiling[w] for w in cw], "^:", color="0.3", label="ceiling (independent)")
+    for suffix, style in (("", "^:"), (PINNED, "v:")):
+        ceiling = by_mode.get("independent" + suffix, {})
+        if ceiling:  # independent trainings, no communication: the most ranks here can reach
+            cw = sorted(ceiling)
+            label = "ceiling (independent" + (", pinned)" if suffix else ")")
+            axes[0].plot(cw, [ceiling[w] for w in cw], style, color="0.3", label=label)
     axes[0].set(xlabel="workers (Horovod ranks)", ylabel="training samples/s", xticks=ws)
     axes[0].legend(fontsize="small")
-    for suffix, style in (("", "o-"), (IDLE, "o-.")):
+    for suffix, style in (("", "o-"), (IDLE, "o-."), (PINNED, "^-"), (IDLE + PINNED, "^-.")):
         nb, batch = by_mode.get("notebook" + suffix, {}), by_mode.get("batch" + suffix, {})
         both = sorted(set(nb) & set(batch))
         if both:
-            label = "notebook / batch" + (", idle comm threads" if suffix else "")
+            label = "notebook / batch" + suffix.replace("+", ", ")
             axes[1].plot(both, [nb[w] / batch[w] for w in both], style, label=label)
     axes[1].axhline(1.0, color="0.6", ls=":")
     axes[1].set(xlabel="workers", ylabel="notebook / batch throughput", xticks=ws, ylim=(0.8, 1.2))

@@ -22,6 +22,7 @@ TARGETS = {
     "notebook_over_batch": ">= 0.97",
     "notebook_over_batch+idle": ">= 0.97",
     "of_ceiling_2_workers": ">= 0.95 (each mode)",
+    "of_ceiling_2_workers_with_timelines": ">= 0.95 (each mode; pinned against pinned)",
     "efficiency_2_workers": ">= 0.90",
 }
 RECORD: dict = {}
@@ -109,9 +110,10 @@ def test_notebook_against_batch_at_1_2_4_workers(slurm):
             assert row["val_accuracy"] > row["majority_rate"] + 0.1, row
 
 
-def test_where_rank_0s_time_goes_at_2_workers(slurm):
+def test_where_rank_0s_time_goes_at_2_workers_pinned_and_not(slurm):
     # Horovod's timeline (rank 0's): its own work, its waits for the other rank, the allreduce;
-    # both settings of idle_comm_threads side by side, in the paper's layout (one rank per node)
+    # both settings of idle_comm_threads and of pin_cores side by side, each against its own
+    # ceiling, in the paper's layout (one rank per node; the mini SLURM's nodes share 2 cores)
     config = TrainConfig(n_val=2048, epochs=6 if FULL else 3, warmup_epochs=1.0)
     rows = scaling.study(
         config,
@@ -119,14 +121,21 @@ def test_where_rank_0s_time_goes_at_2_workers(slurm):
         per_worker=4096 if FULL else 1024,
         out_root=results_dir() / "scaling",
         repeats=2 if FULL else 1,
-        ceiling=False,
         progress=lambda line: None,
         idle_comm_threads=(False, True),
+        pin_cores=(False, True),
         timeline=True,
     )
     shares = scaling.time_shares(rows)
     RECORD["time_shares_2_workers"] = {mode: v for (mode, _), v in shares.items()}
-    assert set(RECORD["time_shares_2_workers"]) == set(scaling.MODES)
+    assert set(RECORD["time_shares_2_workers"]) == set(scaling.ALL_MODES)
     for share in shares.values():
         assert sum(share.values()) == pytest.approx(1.0)
         assert share["compute"] > 0.5  # sanity: the ranks mostly train
+    # the same runs against their ceilings (the timelines cost every mode a little)
+    r = scaling.ratios(rows)
+    RECORD["of_ceiling_2_workers_with_timelines"] = {m: v[2] for m, v in r["of_ceiling"].items()}
+    for row in rows:  # each pinned process had a share of its own: one core each, here
+        if row["mode"].endswith(scaling.PINNED):
+            cores = row.get("task_cores") or [row["pinned_cores"]]
+            assert all(c and len(c) <= max(1, len(os.sched_getaffinity(0)) // 2) for c in cores)

@@ -7,7 +7,6 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
-from lhccnn import scaling
 from lhccnn import slurm as slurm_cli
 from lhccnn.config import SMOKE, notebook_parameters
 from lhccnn.security import private_kernel_manager
@@ -61,18 +60,21 @@ def test_02_horovod_scaling(local, slurm, smoke_runs, tiny_data, tmp_path, monke
     assert sorted((r["mode"], r["workers"]) for r in rec["rows"]) == [
         ("batch", 1),
         ("batch", 2),
-        # the suffix says the ranks' threads were lowered, as train() reports (not as asked)
-        ("batch+idle", 2),
-        ("independent", 2),  # the ceiling, measured beside the runs above one worker
+        # the suffix says the ranks were pinned, as train() reports (not as asked)
+        ("batch+pinned", 2),
+        ("independent", 2),  # the ceilings, measured beside the runs above one worker
+        ("independent+pinned", 2),
         ("notebook", 1),
         ("notebook", 2),
-        ("notebook+idle", 2),
+        ("notebook+pinned", 2),
     ]
-    for key in ("notebook_over_batch", "notebook_over_batch+idle"):
+    for key in ("notebook_over_batch", "notebook_over_batch+pinned"):
         for ratio in rec["ratios"][key].values():
             assert 0.3 < ratio < 3  # sanity only; the measured figures are in the non-smoke run
-    for mode in scaling.MODES:  # sanity: Horovod cannot beat independent trainings by far
+    for mode in ("notebook", "batch", "notebook+pinned", "batch+pinned"):
+        # sanity: Horovod cannot beat independent trainings by far
         assert 0.3 < rec["ratios"]["of_ceiling"][mode]["2"] < 1.5, rec["ratios"]
+    assert main["pinned_cores"] is not None  # the main training ran pinned
     assert (out / "02_horovod_main" / "model.h5").exists()
     assert slurm_cli.queue() == []
 

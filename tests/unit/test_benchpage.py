@@ -201,6 +201,33 @@ def test_notebook_vs_batch_shows_the_idle_comm_threads_runs_beside_the_default_a
     assert len(fig.axes[1].get_lines()) == 3  # two ratios and the line at 1
 
 
+def test_pinned_runs_are_shown_against_the_pinned_ceiling(tmp_path):
+    rows = SCALING_ROWS + [
+        {"mode": mode, "workers": 2, "samples_per_s": s}
+        for mode, s in (
+            ("notebook+pinned", 1900.0),
+            ("batch+pinned", 2000.0),
+            ("independent", 2000.0),
+            ("independent+pinned", 2100.0),
+        )
+    ]
+    from lhccnn import scaling
+
+    results.write(
+        "02_horovod_scaling",
+        {**NOTEBOOKS["02_horovod_scaling"], "rows": rows, "ratios": scaling.ratios(rows)},
+        tmp_path,
+    )
+    _, (fig, tab, _) = shown("notebook_vs_batch", tmp_path)
+    assert tab.loc[2, "notebook / batch+pinned"] == 0.95
+    assert tab.loc[2, "batch+pinned / ceiling"] == round(2000 / 2100, 3)
+    assert tab.loc[2, "batch / ceiling"] == round(1400.5 / 2000, 3)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "batch+pinned (median)" in labels and "ceiling (independent, pinned)" in labels
+    ratio_labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert "notebook / batch, pinned" in ratio_labels
+
+
 def test_the_cluster_benchmarks_timeline_shows_where_rank_0s_time_went(tmp_path):
     shares = {
         "batch": {"compute": 0.8, "waiting_for_peers": 0.15, "allreduce": 0.05},
