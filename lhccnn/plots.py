@@ -137,7 +137,7 @@ def scaling(rows: list[dict], axes=None):
     measured ceilings (independent trainings, where measured); the notebook/batch ratios."""
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    from .scaling import ALL_MODES, IDLE, PINNED, medians
+    from .scaling import ALL_MODES, PINNED, SUFFIXES, medians
 
     by_mode: dict = {}
     for (mode, w), v in medians(rows).items():
@@ -167,7 +167,7 @@ def scaling(rows: list[dict], axes=None):
             axes[0].plot(cw, [ceiling[w] for w in cw], style, color="0.3", label=label)
     axes[0].set(xlabel="workers (Horovod ranks)", ylabel="training samples/s", xticks=ws)
     axes[0].legend(fontsize="small")
-    for suffix, style in (("", "o-"), (IDLE, "o-."), (PINNED, "^-"), (IDLE + PINNED, "^-.")):
+    for suffix, style in zip(SUFFIXES, ("o-", "o-.", "^-", "^-.")):
         nb, batch = by_mode.get("notebook" + suffix, {}), by_mode.get("batch" + suffix, {})
         both = sorted(set(nb) & set(batch))
         if both:

@@ -42,8 +42,9 @@ def layout(workers: int, ranks_per_node: int = 1) -> tuple[int, int]:
 
 IDLE = "+idle"  # the mode's suffix for runs with Horovod's threads at SCHED_IDLE
 PINNED = "+pinned"  # and for runs whose processes split their machines' cores (pin_cores)
+SUFFIXES = ("", IDLE, PINNED, IDLE + PINNED)  # every combination of the two options
 MODES = ("notebook", "batch", "notebook" + IDLE, "batch" + IDLE)
-ALL_MODES = MODES + tuple(m + PINNED for m in MODES)
+ALL_MODES = tuple(m + s for s in SUFFIXES for m in ("notebook", "batch"))
 
 
 def _summary(mode: str, workers: int, r: dict, **extra) -> dict:
@@ -289,11 +290,13 @@ def study(
     rows = []
     for w in workers:
         c = weak_scaled(config, per_worker, w)
+        # one worker, alone, is the base of every mode: it runs without either option
+        idles, pins = (settings, pinning) if w > 1 else ((False,), (False,))
         runs = []
-        for pin in pinning if w > 1 else (False,):
+        for pin in pins:
             runs += [
                 (run, c.replace(idle_comm_threads=idle, pin_cores=pin))
-                for idle in (settings if w > 1 else (False,))
+                for idle in idles
                 for run in (notebook_run, batch_run)
             ]
             runs += [(ceiling_run, c.replace(pin_cores=pin))] if ceiling and w > 1 else []
@@ -402,7 +405,7 @@ def ratios(rows: list[dict]) -> dict:
     modes = [m for m in ALL_MODES if any(mode == m for mode, _ in by)]
     ws = {m: sorted(w for mode, w in by if mode == m) for m in modes}
     out: dict = {}
-    for suffix in ("", IDLE, PINNED, IDLE + PINNED):
+    for suffix in SUFFIXES:
         nb, batch = "notebook" + suffix, "batch" + suffix
         if nb in ws and batch in ws:
             both = [w for w in ws[nb] if w in ws[batch]]

@@ -69,14 +69,22 @@ def horovod_init(idle_comm_threads: bool = False, timeline: str | Path | None = 
     before = set(os.listdir("/proc/self/task")) if idle_comm_threads else set()
     hvd.init()
     if idle_comm_threads:
-        for tid in set(os.listdir("/proc/self/task")) - before:
-            with contextlib.suppress(ProcessLookupError):  # a thread that has already ended
-                os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
+        started = set(os.listdir("/proc/self/task")) - before
+        on_threads(
+            started, lambda tid: os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        )
         _comm_threads_idle = True
     return hvd
 
 
 _comm_threads_idle = False  # whether horovod_init() has lowered this process's threads
+
+
+def on_threads(tids, call) -> None:
+    """call(tid) for each of this process's threads `tids` (names in /proc/self/task)."""
+    for tid in tids:
+        with contextlib.suppress(ProcessLookupError):  # a thread that has already ended
+            call(int(tid))
 
 
 def core_share(machines: list, rank: int, cores: list[int]) -> list[int]:
@@ -91,22 +99,25 @@ def core_share(machines: list, rank: int, cores: list[int]) -> list[int]:
 
 
 def machine_key() -> str:
-    """Which machine this process runs on: its host name and the kernel's boot id (SLURM's
-    node names can differ where one machine runs several nodes, as in the mini SLURM)."""
+    """Which machine this process runs on and which of its cores it may use: host name, the
+    kernel's boot id (SLURM's node names can differ where one machine runs several nodes, as
+    in the mini SLURM) and the allowed cores. Processes split only the cores they were all
+    given: ranks that a launcher bound already (srun --cpu-bind, mpirun --bind-to) differ here
+    and keep their own."""
     boot = Path("/proc/sys/kernel/random/boot_id")
-    return f"{socket.gethostname()}/{boot.read_text().strip() if boot.exists() else ''}"
+    boot_id = boot.read_text().strip() if boot.exists() else ""
+    return f"{socket.gethostname()}/{boot_id} cores {sorted(os.sched_getaffinity(0))}"
 
 
-def group_machines(folder, rank: int, size: int, key=None, timeout: float = 300) -> list[str]:
-    """The machine (`key`, default machine_key()) of each of `size` processes started together
-    without a communicator (the scaling study's independent trainings): each writes its own
-    into `folder` and waits for the others'. A process that never comes ends the wait with an
-    error naming who is missing."""
+def group_machines(folder, rank: int, size: int, timeout: float = 300) -> list[str]:
+    """machine_key() of each of `size` processes started together without a communicator (the
+    scaling study's independent trainings): each writes its own into `folder` and waits for
+    the others'. A process that never comes ends the wait with an error naming who is missing."""
     if not 0 <= rank < size:
         raise ValueError(f"pin group rank must be in 0..{size - 1}, got {rank}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / f"{rank}.json", key or machine_key())
+    write_json(folder / f"{rank}.json", machine_key())
     deadline = time.monotonic() + timeout
     while True:
         missing = [r for r in range(size) if not (folder / f"{r}.json").exists()]
@@ -121,10 +132,23 @@ def group_machines(folder, rank: int, size: int, key=None, timeout: float = 300)
 
 def pin_threads(cores: list[int]) -> list[int]:
     """Bind every thread of this process to `cores`; threads started later inherit it."""
-    for tid in os.listdir("/proc/self/task"):
-        with contextlib.suppress(ProcessLookupError):  # a thread that has already ended
-            os.sched_setaffinity(int(tid), cores)
+    on_threads(os.listdir("/proc/self/task"), lambda tid: os.sched_setaffinity(tid, cores))
     return cores
+
+
+def pin_to_share(use_horovod: bool, rank: int, pin_group: tuple | None) -> list[int]:
+    """Pin this process to its share of its machine's cores (core_share) among the processes
+    that share them: Horovod's ranks (all must call this), or the group `pin_group`, (folder,
+    index, count) for group_machines; else it is alone. Runs TensorFlow ops with Horovod."""
+    if use_horovod:
+        import horovod.tensorflow
+
+        machines, me = horovod.tensorflow.allgather_object(machine_key()), rank
+    elif pin_group:
+        machines, me = group_machines(*pin_group), pin_group[1]
+    else:
+        machines, me = [machine_key()], 0
+    return pin_threads(core_share(machines, me, sorted(os.sched_getaffinity(0))))
 
 
 def warm_up_worker() -> str:
@@ -294,7 +318,7 @@ def train(
     `timeline`: with Horovod, where rank 0 records Horovod's timeline (see horovod_init).
     With config.pin_cores, the processes that share a machine split its cores (core_share):
     Horovod's ranks find each other's machines through Horovod, independent trainings
-    started together through `pin_group`, (folder, index, count) for group_machines.
+    started together through `pin_group` (see pin_to_share).
     """
     import numpy as np
     import tensorflow as tf
@@ -308,21 +332,8 @@ def train(
         hvd = horovod_init(config.idle_comm_threads, timeline)
         rank, size = hvd.rank(), hvd.size()
     configure_threads(config.intra_threads, config.inter_threads)
-    cores = None
-    if config.pin_cores:  # after configure_threads: the allgather runs TensorFlow ops
-        allowed = sorted(os.sched_getaffinity(0))
-        # processes split only the cores they were all given: ranks that a launcher has bound
-        # already (srun --cpu-bind, mpirun --bind-to) keep their own cores
-        key = f"{machine_key()} cores {allowed}"
-        if use_horovod:
-            import horovod.tensorflow
-
-            machines, me = horovod.tensorflow.allgather_object(key), rank
-        elif pin_group:
-            machines, me = group_machines(*pin_group, key=key), pin_group[1]
-        else:
-            machines, me = [key], 0
-        cores = pin_threads(core_share(machines, me, allowed))
+    # after configure_threads: with Horovod, the pinning's allgather runs TensorFlow ops
+    cores = pin_to_share(use_horovod, rank, pin_group) if config.pin_cores else None
     tf.keras.utils.set_random_seed(
         config.seed + rank
     )  # per-rank shuffles; weights come from rank 0
