@@ -96,23 +96,31 @@ warnings = []
 logging.getLogger("lhccnn.train").addHandler(logging.Handler())
 logging.getLogger("lhccnn.train").handlers[-1].emit = warnings.append
 horovod_init(idle_comm_threads=True)  # a second call (train() after a notebook's): no new init
-print(json.dumps({"rank": hvd.rank(), "size": hvd.size(), "idle": os.SCHED_IDLE,
-                  "new": [policy[t] for t in set(policy) - before],
-                  "old": [policy[t] for t in before if t in policy],
-                  "warned": len(warnings)}))
+report = {"rank": hvd.rank(), "size": hvd.size(), "idle": os.SCHED_IDLE,
+          "new": [policy[t] for t in set(policy) - before],
+          "old": [policy[t] for t in before if t in policy], "warned": len(warnings)}
+with open(os.path.join(sys.argv[2], f"rank{hvd.rank()}.json"), "w") as f:
+    json.dump(report, f)
 """
 
 
-@pytest.mark.parametrize("idle", [True, False])
-def test_idle_comm_threads_lowers_only_the_threads_hvd_init_starts(idle):
+def ranks_report(script, *args, out, timeout, mca=()):
+    """Run `script` on 2 unbound ranks; each writes out/rank<N>.json (never stdout, where
+    mpirun may splice the ranks' lines together)."""
     p = subprocess.run(
-        ["mpirun", "-np", "2", "--bind-to", "none", "--oversubscribe", "--mca", "btl", "tcp,self",
-         sys.executable, "-c", POLICIES, "1" if idle else "0"],
-        capture_output=True, text=True, timeout=120,
+        ["mpirun", "-np", "2", "--bind-to", "none", "--oversubscribe", *mca,
+         sys.executable, "-c", script, *args, str(out)],
+        capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    ranks = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
-    assert sorted(r["rank"] for r in ranks) == [0, 1] and ranks[0]["size"] == 2
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.parametrize("idle", [True, False])
+def test_idle_comm_threads_lowers_only_the_threads_hvd_init_starts(idle, tmp_path):
+    mca = ("--mca", "btl", "tcp,self")
+    ranks = ranks_report(POLICIES, "1" if idle else "0", out=tmp_path, timeout=120, mca=mca)
+    assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["size"] == 2
     for r in ranks:
         assert r["new"], "hvd.init() started no thread: nothing to check"
         assert all((pol == r["idle"]) == idle for pol in r["new"]), r
@@ -129,23 +137,15 @@ config = TrainConfig(n_train=512, n_val=128, epochs=1, batch_size=64, warmup_epo
                      pin_cores=True)
 r = train(config, data=sys.argv[1], use_horovod=True, n_test=128)
 threads = [sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")]
-print(json.dumps({"rank": r["rank"], "cores": r["pinned_cores"], "threads": threads}))
+with open(os.path.join(sys.argv[2], f"rank{r['rank']}.json"), "w") as f:
+    json.dump({"rank": r["rank"], "cores": r["pinned_cores"], "threads": threads}, f)
 """
 
 
-def test_ranks_sharing_a_machine_split_its_cores_down_to_every_thread(tiny_data):
+def test_ranks_sharing_a_machine_split_its_cores_down_to_every_thread(tiny_data, tmp_path):
     import os
 
-    p = subprocess.run(
-        ["mpirun", "-np", "2", "--bind-to", "none", "--oversubscribe",
-         sys.executable, "-c", PINNED, str(tiny_data)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    ranks = sorted(
-        (json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")),
-        key=lambda r: r["rank"],
-    )
+    ranks = ranks_report(PINNED, str(tiny_data), out=tmp_path, timeout=300)
     allowed = sorted(os.sched_getaffinity(0))
     half = len(allowed) // 2
     assert [r["cores"] for r in ranks] == [allowed[:half], allowed[half:]]
