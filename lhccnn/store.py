@@ -256,11 +256,15 @@ class Store:
         """The attempt log: one 'begin' and (unless it died) one 'end' row per attempt."""
         return read_lines(self.trial_dir(trial_id) / "attempts.jsonl")
 
-    def checkpoint(self, trial_id: str) -> Path:
-        return self.trial_dir(trial_id) / "checkpoint.h5"
+    def checkpoint(self, trial_id: str, rec: dict | None = None) -> Path:
+        """The weights file of the trial's recorded checkpoint (of `rec`, if given)."""
+        rec = self.status(trial_id).get("checkpoint") or {} if rec is None else rec
+        return self.trial_dir(trial_id) / rec.get("file", "checkpoint.h5")
 
-    def optimizer_state(self, trial_id: str) -> Path:
-        return self.trial_dir(trial_id) / "optimizer.npz"
+    def optimizer_state(self, trial_id: str, rec: dict | None = None) -> Path:
+        """The optimizer-state file of the trial's recorded checkpoint (of `rec`, if given)."""
+        rec = self.status(trial_id).get("checkpoint") or {} if rec is None else rec
+        return self.trial_dir(trial_id) / rec.get("optimizer_file", "optimizer.npz")
 
     def summary(self, trial_id: str) -> dict:
         """One row for the trials table: status, where it runs, progress, best metrics, config."""
@@ -318,7 +322,20 @@ class Store:
         now = st.get("status", "queued")
         if to not in TRANSITIONS[now]:
             raise TransitionError(f"{trial_id} is {now}: cannot become {to}")
+        if now == "running":
+            self._record_checkpoint_row(trial_id, st)
         return self._write_status(trial_id, {**st, **fields, "status": to})
+
+    def _record_checkpoint_row(self, trial_id: str, st: dict) -> None:
+        """Under the trial's lock: append the metric row of the recorded checkpoint if its
+        attempt died between recording the checkpoint and appending the row."""
+        row = (st.get("checkpoint") or {}).get("row")
+        if row is None:
+            return
+        path = self.trial_dir(trial_id) / "metrics.jsonl"
+        key = (row.get("epoch"), row.get("attempt"))
+        if key not in {(r.get("epoch"), r.get("attempt")) for r in read_lines(path)}:
+            append_line(path, row)
 
     def begin_attempt(self, trial_id: str, engine=None, engine_id=None, **fields) -> Attempt | None:
         """Claim the trial for a new attempt in this process, or None if it must not run here:
@@ -451,8 +468,8 @@ class Store:
     def verify_checkpoint(self, trial_id: str) -> dict:
         """The trial's recorded checkpoint (epoch, files, sha256s) if its files are there and
         match the recorded sha256; CheckpointError saying what is wrong otherwise."""
-        path = self.checkpoint(trial_id)
         rec = self.status(trial_id).get("checkpoint") or {}
+        path = self.checkpoint(trial_id, rec)
         if not path.exists():
             raise CheckpointError(f"{path}: missing")
         if not rec.get("sha256"):
@@ -471,11 +488,11 @@ class Store:
         `optimizer` names the same kind of optimizer that saved it and that state verifies.
         Returns the checkpoint record plus "optimizer_loaded"."""
         rec = self.verify_checkpoint(trial_id)
-        model.load_weights(str(self.checkpoint(trial_id)))
+        model.load_weights(str(self.checkpoint(trial_id, rec)))
         rec = {**rec, "optimizer_loaded": False}
         if optimizer is None or rec.get("optimizer") != optimizer:
             return rec
-        path = self.optimizer_state(trial_id)
+        path = self.optimizer_state(trial_id, rec)
         if not path.exists() or sha256_of(path) != rec.get("optimizer_sha256"):
             msg = f"{path}: optimizer state missing or corrupt, its moments start afresh"
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
@@ -617,13 +634,17 @@ class Attempt:
     def save_checkpoint(
         self, model, epoch: int, optimizer: str | None = None, metrics: dict | None = None
     ) -> dict:
-        """Write weights and optimizer state to unique temp files, fsync them, then, if this
-        attempt is still current, rename them in and record their sha256 and the epoch they
-        hold in the status, and append the epoch's metric row (in that order: a crash between
-        them re-trains nothing that was recorded)."""
+        """Write weights and optimizer state to files of this epoch's own, fsync them, then, if
+        this attempt is still current, record them (names, sha256s, the epoch and its metric
+        row) in the status, and append the row. The status write is the one commit point: a
+        crash before it leaves the last recorded checkpoint whole (its files are not touched),
+        and a crash after it loses no row (the next change of state appends it). The files of
+        the checkpoint before the last stay a save longer, for a reader that is loading them."""
         import numpy as np
 
-        ckpt, opt = self.store.checkpoint(self.trial_id), self.store.optimizer_state(self.trial_id)
+        tag = f"{epoch}-a{self.number}"
+        ckpt = self.dir / f"checkpoint-e{tag}.h5"
+        opt = self.dir / f"optimizer-e{tag}.npz"
         tmp_w, tmp_o = temp_name(ckpt), temp_name(opt)
         try:
             model.save_weights(str(tmp_w))
@@ -636,19 +657,27 @@ class Attempt:
                 os.fsync(f.fileno())
             rec = {
                 "epoch": epoch,
+                "file": ckpt.name,
                 "sha256": sha256_of(tmp_w),
+                "optimizer_file": opt.name,
                 "optimizer_sha256": sha256_of(tmp_o),
                 "optimizer": optimizer,
                 "time": time.time(),
             }
+            row = None if metrics is None else {**metrics, "attempt": self.number}
             with self.store._lock(self.trial_id):
                 st = self._check()
                 commit(tmp_w, ckpt)
                 commit(tmp_o, opt)
-                self.store._write_status(self.trial_id, {**st, "checkpoint": rec})
-                if metrics is not None:
-                    append_line(self.dir / "metrics.jsonl", {**metrics, "attempt": self.number})
+                self.store._write_status(self.trial_id, {**st, "checkpoint": {**rec, "row": row}})
+                if row is not None:
+                    append_line(self.dir / "metrics.jsonl", row)
                     self.store._changed(self.trial_id)  # after the row: a reader must see it
+                last = st.get("checkpoint") or {}
+                keep = {ckpt.name, opt.name, last.get("file"), last.get("optimizer_file")}
+                for old in [*self.dir.glob("checkpoint*.h5"), *self.dir.glob("optimizer*.npz")]:
+                    if old.name not in keep:
+                        old.unlink(missing_ok=True)
             return rec
         finally:
             tmp_w.unlink(missing_ok=True)

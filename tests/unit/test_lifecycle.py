@@ -89,6 +89,49 @@ def test_a_fenced_writer_cannot_overwrite_the_current_attempts_checkpoint(tmp_pa
     assert not list(store.trial_dir(t).glob(".*.tmp*"))
 
 
+def _die_in_second_save(root, trial_id, after_step):
+    """Save epoch 1, then die (as a SIGKILL would: no cleanup) right after the `after_step`-th
+    durable write of epoch 2's save: a renamed file, the status, the metric row."""
+    from lhccnn import store as store_module
+
+    attempt = Store(root).begin_attempt(trial_id)
+    attempt.save_checkpoint(_Weights(b"1"), epoch=1, metrics={"epoch": 1})
+    steps = []
+
+    def dying(write):
+        def step(*args, **kwargs):
+            result = write(*args, **kwargs)
+            steps.append(write.__name__)
+            if len(steps) == after_step:
+                os._exit(9)
+            return result
+
+        return step
+
+    for name in ("commit", "write_json", "append_line"):
+        setattr(store_module, name, dying(getattr(store_module, name)))
+    attempt.save_checkpoint(_Weights(b"2"), epoch=2, metrics={"epoch": 2})
+    os._exit(0)
+
+
+@pytest.mark.parametrize("after_step", range(6))
+def test_a_crash_anywhere_in_a_checkpoint_save_leaves_the_last_checkpoint_and_its_rows(
+    tmp_path, after_step
+):
+    # the next attempt resumes from a checkpoint that verifies, with every epoch it holds
+    # recorded once: not a checkpoint whose file is newer than its record, not a lost row
+    store = Store(tmp_path)
+    t = store.create_trial({})
+    child = CTX.Process(target=_die_in_second_save, args=(tmp_path, t, after_step))
+    child.start()
+    child.join(30)
+    assert store.begin_attempt(t).number == 2  # the dead attempt is taken over
+    rec = store.verify_checkpoint(t)
+    assert set(store.checkpoint(t).read_bytes()) == {ord(str(rec["epoch"]))}
+    assert [r["epoch"] for r in store.metric_rows(t)] == list(range(1, rec["epoch"] + 1))
+    assert rec["epoch"] == (1 if after_step in (1, 2) else 2)  # 0: the save runs to its end
+
+
 def _steer(root, key, values):
     s = Steering(root)
     for v in values:
