@@ -363,21 +363,33 @@ class Dashboard:
         before = self.store.status(trial_id)["status"]
         if before in ENDED:
             raise ValueError(f"{trial_id} is {before}, not running")
+        token = self._ask_to_stop(trial_id)
+        if token is not None and not self._wait_ended(trial_id, hard_after):
+            return self._stop_by_force(trial_id, token, hard_after, fence_after)
+        return self._how_it_ended(trial_id, before)
+
+    def _ask_to_stop(self, trial_id: str) -> str | None:
+        """Request the stop; return the running attempt's token, or None if the trial needs no
+        more: stopped here (queued, or its attempt dead: its task is aborted) or ended already."""
         st = self.store.request_stop(trial_id, reason="stopped from the dashboard")
-        if st["status"] == "stopped":  # it was queued (or its attempt was dead): never trains
+        if st["status"] == "stopped":
             fut = self.futures.get(trial_id)
             if fut is not None and not fut.ready():
                 fut.abort()  # it would not train anyway; this frees its place in the queue
-            return (
-                f"{trial_id} aborted before it started"
-                if before == "queued"
-                else f"{trial_id} stopped"
-            )
-        if st["status"] != "running":
-            return f"{trial_id} ended {st['status']} before the stop request"
-        token = st.get("token")
-        if self._wait_ended(trial_id, hard_after):
-            return f"{trial_id} stopped after epoch {len(self.store.metrics(trial_id))}"
+        return st.get("token") if st["status"] == "running" else None
+
+    def _how_it_ended(self, trial_id: str, before: str = "running") -> str:
+        """The message for a trial asked to stop that is no longer running, from its status: a
+        trial whose loss went NaN or that finished before it saw the request says so."""
+        status, n = self.store.status(trial_id)["status"], len(self.store.metrics(trial_id))
+        if status != "stopped":
+            return f"{trial_id} ended {status} after epoch {n}, before the stop took effect"
+        if before == "queued":
+            return f"{trial_id} aborted before it started"
+        return f"{trial_id} stopped after epoch {n}"
+
+    def _stop_by_force(self, trial_id: str, token: str, hard_after: float, fence_after: float):
+        """A trial that did not answer its stop request: interrupt its engine, then fence it."""
         now = self.store.status(trial_id)
         if self.view is not None and now.get("token") == token and now.get("engine_id") is not None:
             self.view.client.send_signal(signal.SIGINT, targets=[now["engine_id"]], block=True)
@@ -442,21 +454,40 @@ class Dashboard:
         tol: float = 0.01,
         max_added: int | None = None,
         timeout: float = 3600,
+        hard_after: float = 60.0,
+        fence_after: float = 15.0,
     ) -> dict:
         """Steer as a person watching would, with the Stop and Add trial buttons' own code: look
         at each running trial once, when it has trained `after_epochs` epochs; if it is stuck at
         the majority-class rate, stop it and add a trial beside the best one in its place
         (lhccnn.hpo.steering_plan), at most `max_added` in all (default: as many as the study
-        had). Returns once every trial has been looked at or has ended: the trials stopped (and
-        the epochs each had trained when asked to stop), the trials added, and the buttons'
-        messages."""
+        had). Stops are asked at once and their outcomes collected as the trials end, so no
+        stuck trial trains on while another is being stopped; one that has not stopped after
+        `hard_after` seconds is stopped by force, as Stop does. Returns once every trial has
+        been looked at and every stop has taken effect: the trials stopped, those that ended
+        another way before their stop took effect (a NaN loss, their last epoch), the epochs
+        each had trained when asked, the trials added, and the buttons' messages."""
         budget = len(self.store.trial_ids()) if max_added is None else max_added
-        seen, done = set(), {"stopped": [], "added": [], "messages": [], "stopped_at": {}}
+        done = {"stopped": [], "ended": [], "asked_at": {}, "added": [], "messages": []}
+        seen, asked = set(), {}  # asked: trial -> (its attempt's token, when it was asked)
+
+        def settle(t, message):
+            done["messages"].append(message)
+            done["stopped" if self.store.status(t)["status"] == "stopped" else "ended"].append(t)
+
         deadline = time.monotonic() + timeout
         while True:
             ids = self.store.trial_ids()
             states = {t: self.store.status(t)["status"] for t in ids}
             curves = {t: _val_accuracies(self.store.metrics(t)) for t in ids}
+            for t, (token, when) in list(asked.items()):
+                if states[t] != "running":
+                    settle(t, self._how_it_ended(t))
+                elif time.monotonic() - when >= hard_after:
+                    settle(t, self._stop_by_force(t, token, hard_after, fence_after))
+                else:
+                    continue
+                del asked[t]
             due = [
                 t
                 for t in ids
@@ -468,16 +499,19 @@ class Dashboard:
                     curves, due, configs, signal_fraction, space, rng, after_epochs, tol
                 )
                 new = new[: budget - len(done["added"])]
-                for t in stop:  # with the epochs it had trained when asked to stop
-                    done["messages"].append(self.stop(t))
-                    done["stopped_at"][t] = len(self.store.metrics(t))
+                for t in stop:
+                    done["asked_at"][t] = len(curves[t])
+                    token = self._ask_to_stop(t)
+                    if token is None:  # it ended (or was stopped here) before the request
+                        settle(t, self._how_it_ended(t))
+                    else:
+                        asked[t] = (token, time.monotonic())
                 done["messages"] += [self.add(hp) for hp in new]
-                done["stopped"] += stop
                 done["added"] += sorted(set(self.store.trial_ids()) - set(ids))
                 seen.update(due)
                 self.refresh()
                 continue
-            if not any(
+            if not asked and not any(
                 s == "queued" or (s == "running" and t not in seen) for t, s in states.items()
             ):
                 return done
