@@ -258,12 +258,14 @@ class Store:
 
     def checkpoint(self, trial_id: str, rec: dict | None = None) -> Path:
         """The weights file of the trial's recorded checkpoint (of `rec`, if given)."""
-        rec = self.status(trial_id).get("checkpoint") or {} if rec is None else rec
+        if rec is None:
+            rec = self.status(trial_id).get("checkpoint") or {}
         return self.trial_dir(trial_id) / rec.get("file", "checkpoint.h5")
 
     def optimizer_state(self, trial_id: str, rec: dict | None = None) -> Path:
         """The optimizer-state file of the trial's recorded checkpoint (of `rec`, if given)."""
-        rec = self.status(trial_id).get("checkpoint") or {} if rec is None else rec
+        if rec is None:
+            rec = self.status(trial_id).get("checkpoint") or {}
         return self.trial_dir(trial_id) / rec.get("optimizer_file", "optimizer.npz")
 
     def summary(self, trial_id: str) -> dict:
